@@ -1,0 +1,1 @@
+"""The router: stateless aiohttp replicas that dispatch OpenAI requests to llama.cpp workers."""

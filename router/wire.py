@@ -1,0 +1,224 @@
+"""The OpenAI chat-completions request: parsing and validation, shared by router and worker.
+
+Validation follows OpenAI's bounds and error shape (400 invalid_request_error with `param`), so
+a bad request is refused the same way whether it reaches the router or a worker directly.
+Unknown keys are ignored, as OpenAI-compatible servers commonly do. Pure: no aiohttp, no redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from router.errors import InvalidRequest
+
+ROLES = frozenset({"system", "developer", "user", "assistant"})
+MAX_STOP = 4
+MAX_TOKENS_LIMIT = 2**31 - 1
+SEED_LIMIT = 2**63
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: tuple[Message, ...]
+    stream: bool = False
+    include_usage: bool = False
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return data
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    return chat_request_from_dict(parse_body(body))
+
+
+def chat_request_from_dict(data: dict[str, Any]) -> ChatRequest:
+    model = data.get("model")
+    if model is None:
+        raise InvalidRequest("you must provide a model parameter", param="model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' must be a non-empty string.", param="model")
+
+    stream = _optional_bool(data, "stream") or False
+    include_usage = False
+    options = data.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise InvalidRequest(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                param="stream_options",
+            )
+        if not isinstance(options, dict):
+            raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+        include_usage = _optional_bool(options, "include_usage", "stream_options.") or False
+
+    max_tokens = _optional_int(data, "max_completion_tokens", 1, MAX_TOKENS_LIMIT)
+    legacy_max = _optional_int(data, "max_tokens", 1, MAX_TOKENS_LIMIT)
+    if max_tokens is None:
+        max_tokens = legacy_max
+
+    n = _optional_int(data, "n", 1, 128)
+    if n is not None and n != 1:
+        raise InvalidRequest("Only n=1 is supported.", param="n")
+
+    temperature = _optional_number(data, "temperature", 0.0, 2.0)
+    top_p = _optional_number(data, "top_p", 0.0, 1.0)
+    presence = _optional_number(data, "presence_penalty", -2.0, 2.0)
+    frequency = _optional_number(data, "frequency_penalty", -2.0, 2.0)
+    seed = _optional_int(data, "seed", -SEED_LIMIT, SEED_LIMIT - 1)
+
+    return ChatRequest(
+        model=model,
+        messages=_messages(data.get("messages")),
+        stream=stream,
+        include_usage=include_usage,
+        max_tokens=max_tokens,
+        temperature=1.0 if temperature is None else temperature,
+        top_p=1.0 if top_p is None else top_p,
+        stop=_stop(data.get("stop")),
+        seed=seed,
+        presence_penalty=presence or 0.0,
+        frequency_penalty=frequency or 0.0,
+    )
+
+
+def _messages(raw: Any) -> tuple[Message, ...]:
+    if raw is None:
+        raise InvalidRequest("Missing required parameter: 'messages'.", param="messages")
+    if not isinstance(raw, list):
+        raise InvalidRequest("'messages' must be an array.", param="messages")
+    if not raw:
+        raise InvalidRequest(
+            "'messages' must contain at least one message.", param="messages", code="empty_array"
+        )
+    out = []
+    for i, item in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"'{where}' must be an object.", param=where)
+        role = item.get("role")
+        if role not in ROLES:
+            raise InvalidRequest(
+                f"Invalid value for '{where}.role': expected one of 'system', 'developer', "
+                "'user', 'assistant'.",
+                param=f"{where}.role",
+            )
+        out.append(Message(role=role, content=_content(item.get("content"), role, where)))
+    return tuple(out)
+
+
+def _content(raw: Any, role: str, where: str) -> str:
+    if isinstance(raw, str):
+        return raw
+    if raw is None:
+        if role == "assistant":
+            return ""
+        raise InvalidRequest(
+            f"Missing required parameter: '{where}.content'.", param=f"{where}.content"
+        )
+    if not isinstance(raw, list):
+        raise InvalidRequest(
+            f"'{where}.content' must be a string or an array of content parts.",
+            param=f"{where}.content",
+        )
+    texts = []
+    for j, part in enumerate(raw):
+        at = f"{where}.content[{j}]"
+        if not isinstance(part, dict):
+            raise InvalidRequest(f"'{at}' must be an object.", param=at)
+        if part.get("type") != "text":
+            raise InvalidRequest(
+                f"Invalid value for '{at}.type': only 'text' content parts are supported.",
+                param=f"{at}.type",
+            )
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise InvalidRequest(f"'{at}.text' must be a string.", param=f"{at}.text")
+        texts.append(text)
+    return "".join(texts)
+
+
+def _stop(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        return (raw,) if raw else ()
+    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+        raise InvalidRequest("'stop' must be a string or an array of strings.", param="stop")
+    if len(raw) > MAX_STOP:
+        raise InvalidRequest(
+            f"Invalid 'stop': expected an array with maximum length {MAX_STOP}, but got an array "
+            f"with length {len(raw)} instead.",
+            param="stop",
+            code="array_above_max_length",
+        )
+    return tuple(s for s in raw if s)
+
+
+def _optional_bool(data: dict[str, Any], key: str, prefix: str = "") -> bool | None:
+    value = data.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise InvalidRequest(
+        f"Invalid type for '{prefix}{key}': expected a boolean.", param=prefix + key
+    )
+
+
+def _optional_int(data: dict[str, Any], key: str, low: int, high: int) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(f"Invalid type for '{key}': expected an integer.", param=key)
+    if not low <= value <= high:
+        raise InvalidRequest(
+            f"Invalid '{key}': integer must be between {low} and {high}, got {value}.",
+            param=key,
+            code="integer_out_of_range" if value > high else "integer_below_min_value",
+        )
+    return value
+
+
+def _optional_number(data: dict[str, Any], key: str, low: float, high: float) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise InvalidRequest(f"Invalid type for '{key}': expected a number.", param=key)
+    number = float(value)
+    if not low <= number <= high:  # also rejects NaN
+        code = "decimal_above_max_value" if number > high else "decimal_below_min_value"
+        raise InvalidRequest(
+            f"Invalid '{key}': decimal must be between {low:g} and {high:g}, got {value}.",
+            param=key,
+            code=code,
+        )
+    return number

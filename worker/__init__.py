@@ -1,0 +1,1 @@
+"""The worker: one process serving one GGUF model through llama.cpp, registered in Redis."""
