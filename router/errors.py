@@ -95,8 +95,9 @@ class ModelNotFound(NotFound):
     default_code = "model_not_found"
 
     def __init__(self, model: str) -> None:
-        super().__init__(f"The model `{model}` does not exist or you do not have access to it.",
-                         param="model")
+        super().__init__(
+            f"The model `{model}` does not exist or you do not have access to it.", param="model"
+        )
 
 
 class MethodNotAllowed(ApiError):

@@ -148,7 +148,7 @@ class Snapshot:
 
 
 async def publish_worker(
-    redis: Redis, record: WorkerRecord, ttl_ms: int, event: EventType = EventType.LOAD
+    redis: Redis[Any], record: WorkerRecord, ttl_ms: int, event: EventType = EventType.LOAD
 ) -> None:
     """Write (or refresh) a worker's record, index it, and announce it, in one round trip."""
     pipe = redis.pipeline(transaction=False)
@@ -162,7 +162,7 @@ async def publish_worker(
     await pipe.execute()
 
 
-async def remove_worker(redis: Redis, worker_id: str, model: str) -> None:
+async def remove_worker(redis: Redis[Any], worker_id: str, model: str) -> None:
     pipe = redis.pipeline(transaction=False)
     pipe.delete(worker_key(worker_id))
     pipe.srem(WORKERS_KEY, worker_id)
@@ -171,9 +171,9 @@ async def remove_worker(redis: Redis, worker_id: str, model: str) -> None:
     await pipe.execute()
 
 
-async def read_snapshot(redis: Redis) -> Snapshot:
+async def read_snapshot(redis: Redis[Any]) -> Snapshot:
     """Read every live record; prune set members whose record has expired."""
-    ids = sorted(_text(i) for i in await redis.smembers(WORKERS_KEY))  # type: ignore[misc]
+    ids = sorted(_text(i) for i in await redis.smembers(WORKERS_KEY))
     pipe = redis.pipeline(transaction=False)
     for worker_id in ids:
         pipe.hgetall(worker_key(worker_id))
@@ -195,10 +195,10 @@ async def read_snapshot(redis: Redis) -> Snapshot:
     return Snapshot(workers=workers, models=models)
 
 
-async def _prune(redis: Redis, dead: list[str]) -> None:
+async def _prune(redis: Redis[Any], dead: list[str]) -> None:
     # Expired workers leave their ids in the index sets; the model set names are unknown once the
     # hash is gone, so sweep every model set (few keys, and only when something died).
-    models = [_text(m) for m in await redis.hkeys(MODELS_KEY)]  # type: ignore[misc]
+    models = [_text(m) for m in await redis.hkeys(MODELS_KEY)]
     pipe = redis.pipeline(transaction=False)
     pipe.srem(WORKERS_KEY, *dead)
     for model in models:

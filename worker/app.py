@@ -1,0 +1,99 @@
+"""Wiring: `create_app(config)` builds the worker's aiohttp application; no I/O happens here.
+
+Resources, one cleanup_ctx each, set up in this order and torn down in reverse:
+  engine (load the model / close it) -> Redis client -> registry (register, heartbeat, drain,
+  deregister). So the worker registers only once the model is loaded, and the engine closes
+  only after the worker has left the registry and every request is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from worker import keys
+from worker.admission import Admission
+from worker.config import WorkerConfig
+from worker.engine import Engine
+from worker.fake_engine import FakeEngine
+from worker.handlers import add_routes, error_middleware
+from worker.heartbeat import drain_on_shutdown, redis_ctx, registry_ctx
+from worker.metrics import WorkerMetrics
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+def build_engine(config: WorkerConfig) -> Engine:
+    if config.engine == "fake":
+        return FakeEngine(
+            ttft_ms=config.fake_ttft_ms,
+            tokens_per_s=config.fake_tokens_per_s,
+            n_ctx=config.n_ctx,
+            slots=config.slots,
+        )
+    if config.model_path is None:
+        raise ValueError(f"the {config.engine} engine needs a model path")
+    if config.engine == "batched":
+        # Lazy: the batched engine is optional and pulls in llama_cpp.
+        from worker.batched_engine import BatchedLlamaEngine  # type: ignore[import-not-found,unused-ignore]
+
+        engine: Engine = BatchedLlamaEngine(
+            config.model_path,
+            n_ctx=config.n_ctx,
+            n_gpu_layers=config.n_gpu_layers,
+            n_threads=config.n_threads,
+            slots=config.slots,
+        )
+        return engine
+    from worker.llama_engine import LlamaEngine
+
+    if config.slots != 1:
+        logger.warning(
+            "the llama engine runs one generation at a time; ignoring --slots %d "
+            "(use --engine batched for more)",
+            config.slots,
+        )
+    return LlamaEngine(
+        config.model_path,
+        n_ctx=config.n_ctx,
+        n_gpu_layers=config.n_gpu_layers,
+        n_threads=config.n_threads,
+    )
+
+
+async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    engine = app[keys.ENGINE]
+    started = time.monotonic()
+    await engine.load()
+    load_s = time.monotonic() - started
+    app[keys.METRICS].model_load_seconds.set(load_s)
+    logger.info("model %s loaded in %.2fs on %s", app[keys.CONFIG].model_id, load_s, engine.device)
+    yield
+    await engine.close()
+
+
+def create_app(config: WorkerConfig, engine: Engine | None = None) -> web.Application:
+    """The worker app; `engine` defaults to the one `config` names (tests may pass their own)."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    engine = engine if engine is not None else build_engine(config)
+    admission = Admission(engine.slots, config.max_queue)
+    metrics = WorkerMetrics()
+    metrics.track_load(admission)
+
+    app[keys.CONFIG] = config
+    app[keys.ENGINE] = engine
+    app[keys.ADMISSION] = admission
+    app[keys.METRICS] = metrics
+    app[keys.STARTED_S] = int(time.time())
+
+    app.cleanup_ctx.append(engine_ctx)
+    app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(registry_ctx)
+    app.on_shutdown.append(drain_on_shutdown)
+    add_routes(app)
+    return app

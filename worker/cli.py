@@ -1,0 +1,88 @@
+"""`python -m worker`: parse the configuration, configure logging, serve until SIGTERM/SIGINT.
+
+The server is driven by hand rather than by `web.run_app` so that the drain happens while the
+listening socket is still open: during the drain, requests that race the routers' view of the
+DRAIN event get a clean 503 (which a router retries elsewhere) instead of a refused connection,
+and /health and /metrics stay reachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from aiohttp import web
+
+from worker import keys
+from worker.app import create_app
+from worker.config import ConfigError, WorkerConfig, build_parser, load_config
+
+logger = logging.getLogger(__name__)
+
+# After the drain, requests still running are cancelled after this long.
+SHUTDOWN_GRACE_S = 1.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv, os.environ)
+    except ConfigError as exc:
+        build_parser().error(str(exc))  # exits with status 2
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(config))
+    return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+async def serve(config: WorkerConfig) -> None:
+    app = create_app(config)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        handler_cancellation=True,  # a client that disconnects cancels its generation
+        shutdown_timeout=SHUTDOWN_GRACE_S,
+        access_log=None,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runner.setup()  # loads the model, then registers
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        logger.info(
+            "worker %s serving %s on http://%s:%d (engine %s)",
+            config.worker_id,
+            config.model_id,
+            config.host,
+            config.port,
+            config.engine,
+        )
+        await stop.wait()
+        logger.info("shutting down")
+        # 1-2. Drain with the listener open: refuse new work, let admitted work finish.
+        await app[keys.HEARTBEAT].drain()
+    finally:
+        # 3. Close the listener and cancel what is left after SHUTDOWN_GRACE_S; then the
+        #    cleanup contexts, in reverse: stop heartbeat + deregister, close Redis, close engine.
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

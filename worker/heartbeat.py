@@ -1,0 +1,210 @@
+"""The worker's life in the registry: register, heartbeat, drain, deregister.
+
+Each heartbeat writes the full record with a TTL (`router.registry.publish_worker`), so a worker
+killed with -9 expires within one TTL, and a worker that lost Redis for a while re-registers by
+itself on the first heartbeat that gets through. The loop publishes every interval, or sooner
+when admission reports a change in load, at most `1 / MIN_GAP_S` times a second.
+
+Shutdown, in order (see `registry_ctx` and `worker.cli`):
+  1. drain: admission refuses new requests (503) and routers hear EventType.DRAIN;
+  2. in-flight and queued requests finish, up to drain_timeout_s;
+  3. the heartbeat loop stops, so no late heartbeat can re-create the record;
+  4. the record is removed (EventType.LEAVE);
+  5. the Redis client closes, then the engine (its own cleanup_ctx, torn down after this one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from router.registry import EventType, WorkerRecord, WorkerState, now_ms, publish_worker
+from router.registry import remove_worker as registry_remove_worker
+from worker import keys
+from worker.admission import Admission
+from worker.config import WorkerConfig
+from worker.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+MIN_GAP_S = 0.05  # coalesce bursts of load changes: at most ~20 publishes a second
+MAX_BACKOFF_S = 5.0
+REDIS_TIMEOUT_S = 2.0  # every Redis call is bounded; a hung Redis must not hang the worker
+
+
+class Heartbeat:
+    def __init__(
+        self, redis: Redis[Any], config: WorkerConfig, engine: Engine, admission: Admission
+    ) -> None:
+        self._redis = redis
+        self._config = config
+        self._admission = admission
+        self._record = WorkerRecord(
+            worker_id=config.worker_id,
+            model=config.model_id,
+            url=config.advertise_url,
+            state=WorkerState.READY,
+            slots=admission.slots,
+            running=0,
+            waiting=0,
+            max_queue=admission.max_queue,
+            device=engine.device,
+            started_ms=now_ms(),
+            heartbeat_ms=now_ms(),
+        )
+        self._registered = False
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Register now if Redis answers (else the loop keeps trying), then start the loop."""
+        try:
+            await self._publish()
+        except Exception:
+            logger.exception(
+                "could not register worker %s; will keep retrying", self._record.worker_id
+            )
+        self._task = asyncio.create_task(self._run(), name="worker-heartbeat")
+
+    async def drain(self) -> None:
+        """Steps 1-2 of shutdown. Idempotent: later callers wait for the same drain."""
+        if self._drain_task is None:
+            self._drain_task = asyncio.create_task(self._drain(), name="worker-drain")
+        await asyncio.shield(self._drain_task)
+
+    async def stop(self) -> None:
+        """Steps 3-4 of shutdown."""
+        if self._task is not None:
+            # Flag and wake as well as cancel: on Python 3.11 a cancel that lands as a Redis
+            # reply arrives can be swallowed by asyncio.wait_for inside redis-py.
+            self._stopping.set()
+            self._admission.load_changed.set()
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT_S):
+                await registry_remove_worker(
+                    self._redis, self._record.worker_id, self._record.model
+                )
+        except Exception:
+            logger.exception(
+                "could not deregister worker %s; its record will expire", self._record.worker_id
+            )
+        else:
+            logger.info("worker %s deregistered", self._record.worker_id)
+
+    async def _drain(self) -> None:
+        logger.info(
+            "draining: refusing new requests, waiting up to %ss for %d running and %d waiting",
+            self._config.drain_timeout_s,
+            self._admission.running,
+            self._admission.waiting,
+        )
+        self._admission.start_draining()
+        try:
+            await self._publish(EventType.DRAIN)
+        except Exception:
+            logger.exception("could not announce drain")
+        if not await self._admission.wait_idle(self._config.drain_timeout_s):
+            logger.warning(
+                "drain timed out with %d running and %d waiting; cancelling them",
+                self._admission.running,
+                self._admission.waiting,
+            )
+
+    async def _publish(self, event: EventType | None = None) -> None:
+        admission = self._admission
+        state = WorkerState.DRAINING if admission.draining else WorkerState.READY
+        self._record = self._record.with_load(admission.running, admission.waiting)
+        if self._record.state is not state:
+            self._record = replace(self._record, state=state)
+        if event is None:
+            # A fresh (re-)registration is announced as a join, so routers learn of it at once.
+            event = EventType.LOAD if self._registered else EventType.JOIN
+        async with asyncio.timeout(REDIS_TIMEOUT_S):
+            await publish_worker(self._redis, self._record, self._config.heartbeat_ttl_ms, event)
+        if not self._registered:
+            logger.info(
+                "worker %s registered for model %s at %s",
+                self._record.worker_id,
+                self._record.model,
+                self._record.url,
+            )
+        self._registered = True
+
+    async def _run(self) -> None:
+        interval = self._config.heartbeat_interval_s
+        loop = asyncio.get_running_loop()
+        backoff = interval
+        failing = False
+        while True:
+            await self._wait_for_change(interval)
+            if self._stopping.is_set():
+                return
+            started = loop.time()
+            try:
+                await self._publish()
+            except Exception:
+                # Log the first failure of a streak with its traceback, the rest briefly.
+                if not failing:
+                    logger.exception("heartbeat failed; retrying with backoff")
+                else:
+                    logger.warning("heartbeat still failing; next try in %.1fs", backoff)
+                failing, self._registered = True, False
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff):
+                        await self._stopping.wait()
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            if failing:
+                logger.info("heartbeat recovered")
+            failing, backoff = False, interval
+            await asyncio.sleep(max(0.0, started + MIN_GAP_S - loop.time()))
+
+    async def _wait_for_change(self, timeout_s: float) -> None:
+        changed = self._admission.load_changed
+        try:
+            async with asyncio.timeout(timeout_s):
+                await changed.wait()
+        except TimeoutError:
+            pass
+        changed.clear()
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    redis: Redis[Any] = Redis.from_url(
+        config.redis_url,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+    )
+    app[keys.REDIS] = redis
+    yield
+    # types-redis 4.6 predates aclose(); close() is deprecated in the redis 5+ we run.
+    await redis.aclose()  # type: ignore[attr-defined,unused-ignore]
+
+
+async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Registers after the engine has loaded (its cleanup_ctx comes first)."""
+    heartbeat = Heartbeat(app[keys.REDIS], app[keys.CONFIG], app[keys.ENGINE], app[keys.ADMISSION])
+    app[keys.HEARTBEAT] = heartbeat
+    await heartbeat.start()
+    yield
+    # The CLI drains before closing the listening socket; run_app and tests reach here through
+    # on_shutdown or directly, and drain() is then a no-op or the first and only drain.
+    await heartbeat.drain()
+    await heartbeat.stop()
+
+
+async def drain_on_shutdown(app: web.Application) -> None:
+    """on_shutdown runs after the listener closed but while handlers may still run."""
+    await app[keys.HEARTBEAT].drain()

@@ -1,0 +1,24 @@
+"""Typed application keys: the worker's dependency injection, read as `request.app[key]`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from worker.admission import Admission
+    from worker.config import WorkerConfig
+    from worker.engine import Engine
+    from worker.heartbeat import Heartbeat
+    from worker.metrics import WorkerMetrics
+
+CONFIG: web.AppKey[WorkerConfig] = web.AppKey("config")
+ENGINE: web.AppKey[Engine] = web.AppKey("engine")
+ADMISSION: web.AppKey[Admission] = web.AppKey("admission")
+METRICS: web.AppKey[WorkerMetrics] = web.AppKey("metrics")
+REDIS: web.AppKey[Redis[Any]] = web.AppKey("redis")
+HEARTBEAT: web.AppKey[Heartbeat] = web.AppKey("heartbeat")
+STARTED_S = web.AppKey("started_s", int)  # unix seconds; the model object's `created`

@@ -1,0 +1,339 @@
+"""The real engine: one GGUF model through llama-cpp-python, one inference thread.
+
+Everything that blocks (model load, template rendering, tokenisation, decoding) runs on the
+engine's single worker thread; text comes back to the event loop through
+`loop.call_soon_threadsafe` into an asyncio.Queue. The thread checks a per-request
+threading.Event before every token, so a consumer that goes away stops generation at the next
+token and the thread is free for the next request.
+
+Generation is driven here rather than through `create_chat_completion` so that:
+- the prompt is the model's own chat template (GGUF `tokenizer.chat_template`), rendered the way
+  llama-cpp-python's Jinja2ChatFormatter and Hugging Face's apply_chat_template do, and
+  tokenised with special tokens parsed and BOS added only if the model asks for it (once);
+- usage is exact: prompt tokens are the tokens evaluated, completion tokens every token sampled
+  (an end-of-generation token included, since it cost a decode step);
+- multi-byte UTF-8 split across tokens is decoded incrementally, never emitted half-formed;
+- stop strings are matched with hold-back (worker.stops), and never emitted.
+
+Sampling follows OpenAI's knobs only: temperature (0 = greedy), top_p, presence and frequency
+penalties, seed; llama.cpp's extra filters (top_k, min_p, repeat penalty) are switched off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ctypes
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from router.errors import ContextLengthExceeded, InvalidRequest
+from router.wire import Message
+from worker.engine import Finished, FinishReason, SamplingParams
+from worker.stops import StopMatcher
+
+if TYPE_CHECKING:
+    from jinja2 import Template
+    from llama_cpp import Llama
+
+logger = logging.getLogger(__name__)
+
+# Used when a GGUF carries no chat template; llama.cpp's server falls back the same way.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# Chat templates know system/user/assistant; OpenAI's newer "developer" role means system.
+ROLE_ALIASES = {"developer": "system"}
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
+
+Item = str | Finished | BaseException
+
+
+class LlamaEngine:
+    def __init__(
+        self, model_path: str, *, n_ctx: int, n_gpu_layers: int, n_threads: int | None
+    ) -> None:
+        self._model_path = model_path
+        self._n_ctx = n_ctx
+        self._n_gpu_layers = n_gpu_layers
+        self._n_threads = n_threads
+        # One thread: llama.cpp contexts are not thread-safe, and it serialises requests.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._llm: Llama | None = None
+        self._model: _Model | None = None
+        self._device = "cpu"
+        self._active: set[threading.Event] = set()
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    @property
+    def slots(self) -> int:
+        return 1
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    async def load(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._load)
+
+    async def close(self) -> None:
+        for cancel in list(self._active):
+            cancel.set()
+        llm, self._llm, self._model = self._llm, None, None
+        if llm is not None:
+            # Queued behind any generation still running, which stops at its next token.
+            await asyncio.get_running_loop().run_in_executor(self._executor, llm.close)
+        self._executor.shutdown(wait=False)
+
+    async def stream(
+        self, messages: Sequence[Message], params: SamplingParams
+    ) -> AsyncIterator[str | Finished]:
+        model = self._model
+        if model is None:
+            raise RuntimeError("LlamaEngine.stream() before load() or after close()")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Item] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(item: Item) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                cancel.set()
+
+        self._active.add(cancel)
+        try:
+            loop.run_in_executor(self._executor, model.run, messages, params, emit, cancel)
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Finished):
+                    return
+        finally:
+            # Closed early or cancelled: the thread sees this before its next token.
+            cancel.set()
+            self._active.discard(cancel)
+
+    def _load(self) -> None:
+        import llama_cpp
+
+        kwargs: dict[str, Any] = {}
+        if self._n_threads is not None:
+            kwargs.update(n_threads=self._n_threads, n_threads_batch=self._n_threads)
+        llm = llama_cpp.Llama(
+            model_path=self._model_path,
+            n_ctx=self._n_ctx,
+            n_gpu_layers=self._n_gpu_layers,
+            verbose=False,
+            **kwargs,
+        )
+        # llama.cpp may round the context up, but llama-cpp-python sizes its buffers to the
+        # requested n_ctx, so the smaller of the two is the real limit.
+        self._n_ctx = min(self._n_ctx, llm.n_ctx())
+        if self._n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload():
+            self._device = "gpu"
+        self._llm = llm
+        self._model = _Model(llm, self._n_ctx)
+
+
+class _Model:
+    """The loaded model's chat template and tokenizer; used only on the engine thread."""
+
+    def __init__(self, llm: Llama, n_ctx: int) -> None:
+        import jinja2
+        import llama_cpp
+
+        self._llm = llm
+        self._lib = llama_cpp
+        self._vocab = llm._model.vocab
+        self._n_ctx = n_ctx
+        self._bos = llm.token_bos()
+        self._add_bos = bool(llm._model.add_bos_token()) and self._bos != -1
+        bos_text = llm._model.token_get_text(self._bos) if self._bos != -1 else ""
+        eos = llm.token_eos()
+        eos_text = llm._model.token_get_text(eos) if eos != -1 else ""
+        template_source = llm.metadata.get("tokenizer.chat_template")
+        if not template_source:
+            logger.warning("the model has no chat template; using ChatML")
+            template_source = CHATML_TEMPLATE
+        self._template = _compile_template(template_source)
+        self._template_errors = (_TemplateError, jinja2.TemplateError)
+        self._template_globals = {"bos_token": bos_text, "eos_token": eos_text}
+        self._piece_buffer = ctypes.create_string_buffer(256)
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
+        chat = [{"role": ROLE_ALIASES.get(m.role, m.role), "content": m.content} for m in messages]
+        try:
+            prompt = self._template.render(
+                messages=chat,
+                add_generation_prompt=True,
+                raise_exception=_raise_template_error,
+                strftime_now=_strftime_now,
+                **self._template_globals,
+            )
+        except self._template_errors as exc:
+            raise InvalidRequest(
+                f"The model's chat template rejected these messages: {exc}", param="messages"
+            ) from None
+        tokens: list[int] = self._llm.tokenize(
+            prompt.encode("utf-8"), add_bos=self._add_bos, special=True
+        )
+        # A template that writes {{ bos_token }} itself plus add_bos would double it.
+        if self._add_bos and tokens[:2] == [self._bos, self._bos]:
+            del tokens[0]
+        return tokens
+
+    def run(
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        emit: Callable[[Item], None],
+        cancel: threading.Event,
+    ) -> None:
+        """The whole request, on the engine thread; every outcome goes through `emit`."""
+        try:
+            if cancel.is_set():
+                return
+            prompt = self.prompt_tokens(messages)
+            if len(prompt) >= self._n_ctx:
+                raise ContextLengthExceeded(
+                    f"This model's maximum context length is {self._n_ctx} tokens. However, "
+                    f"your messages resulted in {len(prompt)} tokens. Please reduce the length "
+                    "of the messages.",
+                    param="messages",
+                )
+            if not prompt:
+                raise InvalidRequest("The messages rendered to an empty prompt.", param="messages")
+            finished = self._generate(prompt, params, emit, cancel)
+            if finished is not None:
+                emit(finished)
+        except Exception as exc:
+            emit(exc)
+
+    def _generate(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        emit: Callable[[Item], None],
+        cancel: threading.Event,
+    ) -> Finished | None:
+        llm = self._llm
+        # Prompt plus completion must fit the context; max_tokens may only shorten that.
+        limit = self._n_ctx - len(prompt)
+        if params.max_tokens is not None:
+            limit = min(limit, params.max_tokens)
+        if params.seed is None:
+            llm.set_seed(LLAMA_DEFAULT_SEED)
+        else:
+            llm.set_seed(params.seed & 0xFFFFFFFF)
+            # Reusing a cached prompt prefix evaluates fewer tokens per batch, which shifts the
+            # logits by rounding noise; a seeded request evaluates from scratch to repeat exactly.
+            llm.reset()  # type: ignore[no-untyped-call]
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        matcher = StopMatcher(params.stop)
+        reason: FinishReason = "length"
+        count = 0
+        tokens = llm.generate(
+            prompt,
+            top_k=0,
+            top_p=params.top_p,
+            min_p=0.0,
+            typical_p=1.0,
+            temp=params.temperature,
+            repeat_penalty=1.0,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
+        )
+        try:
+            for token in tokens:
+                if cancel.is_set():
+                    return None
+                count += 1
+                if self._lib.llama_vocab_is_eog(self._vocab, token):
+                    reason = "stop"
+                    break
+                text, stopped = matcher.feed(decoder.decode(self._piece(token)))
+                if text:
+                    emit(text)
+                if stopped:
+                    return Finished("stop", len(prompt), count)
+                if count >= limit:
+                    break
+        finally:
+            tokens.close()
+        # Release a held-back partial stop string. A character cut in half by the token limit
+        # stays in the decoder: half a character is not text.
+        text = matcher.flush()
+        if text:
+            emit(text)
+        return Finished(reason, len(prompt), count)
+
+    def _piece(self, token: int) -> bytes:
+        buffer = self._piece_buffer
+        n = self._lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+        if n < 0:  # the piece is longer than the buffer: grow it once and retry
+            buffer = self._piece_buffer = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+        return buffer.raw[:n]
+
+
+class _TemplateError(Exception):
+    pass
+
+
+def _raise_template_error(message: str) -> None:
+    raise _TemplateError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _compile_template(source: str) -> Template:
+    """A sandboxed environment configured like Hugging Face's apply_chat_template."""
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class IgnoreGenerationTags(jinja2.ext.Extension):
+        """HF's `{% generation %}` marks training targets; rendering passes its body through."""
+
+        tags = {"generation"}  # noqa: RUF012 (jinja2 declares it a plain attribute)
+
+        def parse(self, parser: Any) -> Any:
+            parser.stream.skip(1)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[IgnoreGenerationTags, jinja2.ext.loopcontrols],
+    )
+    # HF's tojson keeps non-ASCII and does not HTML-escape, unlike jinja2's default.
+    env.filters["tojson"] = _tojson
+    return env.from_string(source)
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )

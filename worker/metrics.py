@@ -1,0 +1,104 @@
+"""The worker's Prometheus metrics, owned by one object with its own registry.
+
+Built in `create_app`, so every app (and every test) starts from zero. Labels are bounded:
+`route` is the matched route's pattern, `status_class` is 2xx/4xx/5xx or "cancelled".
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from worker.admission import Admission
+
+# Seconds; covers a fake engine's milliseconds up to a slow CPU model's minutes.
+TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+SPEED_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "worker_http_requests",
+            "HTTP requests answered, by route and status class.",
+            ["route", "status_class"],
+            registry=r,
+        )
+        self.running = Gauge("worker_requests_running", "Generations running now.", registry=r)
+        self.waiting = Gauge("worker_requests_waiting", "Requests queued for a slot.", registry=r)
+        self.rejected = Counter(
+            "worker_requests_rejected",
+            "Requests refused by admission (queue full or draining).",
+            registry=r,
+        )
+        self.prompt_tokens = Counter("worker_prompt_tokens", "Prompt tokens processed.", registry=r)
+        self.completion_tokens = Counter(
+            "worker_completion_tokens", "Completion tokens generated.", registry=r
+        )
+        self.tokens_per_second = Histogram(
+            "worker_generation_tokens_per_second",
+            "Per-request decode speed: tokens after the first over the time after the first.",
+            buckets=SPEED_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "worker_queue_wait_seconds",
+            "Time from arrival to holding a slot.",
+            buckets=TIME_BUCKETS,
+            registry=r,
+        )
+        self.prompt_seconds = Histogram(
+            "worker_time_to_first_token_seconds",
+            "Prompt time: from holding a slot to the engine's first output.",
+            buckets=TIME_BUCKETS,
+            registry=r,
+        )
+        self.generation_seconds = Histogram(
+            "worker_generation_seconds",
+            "Generation time: from the first output to the end of generation.",
+            buckets=TIME_BUCKETS,
+            registry=r,
+        )
+        self.model_load_seconds = Gauge(
+            "worker_model_load_seconds", "How long the model took to load.", registry=r
+        )
+        self.engine_errors = Counter(
+            "worker_engine_errors", "Generations that failed inside the engine.", registry=r
+        )
+
+    def track_load(self, admission: Admission) -> None:
+        """Read running/waiting at scrape time, so the gauges are never stale."""
+        self.running.set_function(lambda: admission.running)
+        self.waiting.set_function(lambda: admission.waiting)
+
+    def observe_request(self, route: str, status: int | None) -> None:
+        status_class = "cancelled" if status is None else f"{status // 100}xx"
+        self.requests.labels(route, status_class).inc()
+
+    def observe_generation(
+        self,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        prompt_s: float,
+        generation_s: float,
+    ) -> None:
+        self.prompt_tokens.inc(prompt_tokens)
+        self.completion_tokens.inc(completion_tokens)
+        self.prompt_seconds.observe(prompt_s)
+        self.generation_seconds.observe(generation_s)
+        if completion_tokens > 1 and generation_s > 0:
+            self.tokens_per_second.observe((completion_tokens - 1) / generation_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
