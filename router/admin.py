@@ -1,0 +1,238 @@
+"""`python -m router admin ...`: manage projects, endpoints and API keys in Redis.
+
+    admin [--redis-url URL] [--json] project create NAME [--slug SLUG]
+                                     project list
+                                     project delete PROJECT_ID
+                                     endpoint create PROJECT_ID NAME --model MODEL [--model ...]
+                                     endpoint list PROJECT_ID
+                                     endpoint delete PROJECT_ID NAME
+                                     key create PROJECT_ID [--name LABEL] [--rpm N] [--tpm N]
+                                                [--expires-in 30d]
+                                     key list PROJECT_ID
+                                     key revoke KEY_ID
+                                     key delete KEY_ID
+
+--redis-url defaults to $REDIS_URL, then redis://127.0.0.1:6379/0. --json prints one JSON
+document (times in unix ms); otherwise a short human listing. `key create` prints the clear key
+once; nothing else ever shows it. Exit status: 0 done, 1 failed (not found, invalid, Redis
+unreachable), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from router import tenancy
+from router.errors import ApiError
+from router.registry import now_ms
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DURATION_RE = re.compile(r"(\d+)([smhd]?)")
+UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+Result = dict[str, Any] | list[dict[str, Any]]
+Command = Callable[["Redis[Any]", argparse.Namespace], Awaitable[Result]]
+
+
+def _duration_s(text: str) -> int:
+    match = DURATION_RE.fullmatch(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 3600, 90m, 12h or 30d: {text!r}"
+        )
+    return int(match.group(1)) * UNIT_S[match.group(2)]
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1: {text!r}")
+    return int(text)
+
+
+def _key_dict(record: tenancy.KeyRecord) -> dict[str, Any]:
+    return {**record.to_dict(), "status": record.status(now_ms())}
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+async def _project_create(redis: Redis[Any], args: argparse.Namespace) -> Result:
+    return (await tenancy.create_project(redis, args.name, slug=args.slug)).to_dict()
+
+
+async def _project_list(redis: Redis[Any], args: argparse.Namespace) -> Result:
+    return [p.to_dict() for p in await tenancy.list_projects(redis)]
+
+
+async def _project_delete(redis: Redis[Any], args: argparse.Namespace) -> Result:
+    await tenancy.delete_project(redis, args.project_id)
+    return {"deleted": args.project_id}
+
+
+async def _endpoint_create(redis: Redis[Any], args: argparse.Namespace) -> Result:
+    endpoint = await tenancy.create_endpoint(redis, args.project_id, args.name, args.models)
+    return endpoint.to_dict()
+
+
+async def _endpoint_list(redis: Redis[Any], args: argparse.Namespace) -> Result:
+    return [e.to_dict() for e in await tenancy.list_endpoints(redis, args.project_id)]
+
+
+async def _endpoint_delete(redis: Redis[Any], args: argparse.Namespace) -> Result:
+    await tenancy.delete_endpoint(redis, args.project_id, args.name)
+    return {"deleted": args.name}
+
+
+async def _key_create(redis: Redis[Any], args: argparse.Namespace) -> Result:
+    expires_ms = None if args.expires_in is None else now_ms() + args.expires_in * 1000
+    new = await tenancy.create_key(
+        redis, args.project_id, name=args.name, rpm=args.rpm, tpm=args.tpm, expires_ms=expires_ms
+    )
+    return {"key": new.key, **_key_dict(new.record)}
+
+
+async def _key_list(redis: Redis[Any], args: argparse.Namespace) -> Result:
+    return [_key_dict(k) for k in await tenancy.list_keys(redis, args.project_id)]
+
+
+async def _key_revoke(redis: Redis[Any], args: argparse.Namespace) -> Result:
+    return _key_dict(await tenancy.revoke_key(redis, args.key_id))
+
+
+async def _key_delete(redis: Redis[Any], args: argparse.Namespace) -> Result:
+    await tenancy.delete_key(redis, args.key_id)
+    return {"deleted": args.key_id}
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # The common options are accepted before the subcommand or after it; SUPPRESS keeps a
+    # subparser from overwriting a value given earlier with its default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis-url", default=argparse.SUPPRESS, help="default: $REDIS_URL")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+
+    parser = argparse.ArgumentParser(
+        prog="python -m router admin", description="Manage projects, endpoints and API keys."
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+        help=f"default: $REDIS_URL, else {DEFAULT_REDIS_URL}",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    def action(group: Any, name: str, command: Command, help_: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help_)
+        sub.set_defaults(command=command)
+        return sub
+
+    project = groups.add_parser("project", help="projects").add_subparsers(required=True)
+    sub = action(project, "create", _project_create, "create a project")
+    sub.add_argument("name", help="display name")
+    sub.add_argument("--slug", help="the middle part of its keys (default: from the name)")
+    action(project, "list", _project_list, "list projects")
+    action(
+        project, "delete", _project_delete, "delete a project, its endpoints and keys"
+    ).add_argument("project_id")
+
+    endpoint = groups.add_parser("endpoint", help="endpoints").add_subparsers(required=True)
+    sub = action(endpoint, "create", _endpoint_create, "create an endpoint")
+    sub.add_argument("project_id")
+    sub.add_argument("name", help="a DNS label, unique in the project")
+    sub.add_argument(
+        "--model", dest="models", action="append", required=True, help="a model it serves"
+    )
+    action(endpoint, "list", _endpoint_list, "list a project's endpoints").add_argument(
+        "project_id"
+    )
+    sub = action(endpoint, "delete", _endpoint_delete, "delete an endpoint")
+    sub.add_argument("project_id")
+    sub.add_argument("name")
+
+    key = groups.add_parser("key", help="API keys").add_subparsers(required=True)
+    sub = action(key, "create", _key_create, "create a key (printed once)")
+    sub.add_argument("project_id")
+    sub.add_argument("--name", default="", help="a label")
+    sub.add_argument("--rpm", type=_positive_int, help="requests per minute")
+    sub.add_argument("--tpm", type=_positive_int, help="tokens per minute")
+    sub.add_argument("--expires-in", type=_duration_s, help="e.g. 3600, 90m, 12h, 30d")
+    action(key, "list", _key_list, "list a project's keys").add_argument("project_id")
+    action(key, "revoke", _key_revoke, "revoke a key").add_argument("key_id")
+    action(key, "delete", _key_delete, "delete a key").add_argument("key_id")
+    return parser
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def _cell(name: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if name.endswith("_ms") and isinstance(value, int):
+        return datetime.fromtimestamp(value / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value) if value != "" else "-"
+
+
+def render_text(result: Result) -> str:
+    rows = result if isinstance(result, list) else [result]
+    if not rows:
+        return "(none)"
+    columns = [c for c in rows[0] if c != "key"]
+    table = [columns, *[[_cell(c, row.get(c)) for c in columns] for row in rows]]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
+                     for line in table)  # fmt: skip
+
+
+async def run(args: argparse.Namespace) -> Result:
+    redis: Redis[Any] = Redis.from_url(args.redis_url)
+    try:
+        command: Command = args.command
+        return await command(redis, args)
+    finally:
+        await redis.aclose()  # type: ignore[attr-defined]  # types-redis predates it
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors and --help: report the status, don't exit
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        result = asyncio.run(run(args))
+    except (ApiError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except RedisError as exc:
+        print(f"error: Redis: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render_text(result))
+    if isinstance(result, dict) and "key" in result:
+        if not args.json:
+            print(f"key: {result['key']}")
+        print("Store this key now: it is not shown again.", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
