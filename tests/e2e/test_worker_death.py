@@ -7,6 +7,7 @@ import time
 import openai
 import pytest
 import redis
+from openai.types.chat import ChatCompletionMessageParam
 
 from router import registry
 from tests.e2e.conftest import Stack
@@ -14,7 +15,7 @@ from tests.processes import MODEL_ID, http_json, wait_until
 
 pytestmark = pytest.mark.llama
 
-HELLO = [{"role": "user", "content": "Say hello."}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello."}]
 
 
 def test_killed_worker_leaves_registry_and_requests_keep_succeeding(own_stack: Stack) -> None:

@@ -1,0 +1,85 @@
+"""Application wiring: `create_app(config)` builds the app; each resource has one cleanup_ctx.
+
+Startup runs the contexts in order (metrics, Redis, worker session, registry watcher) and
+teardown in reverse, so the watcher stops before the Redis client it reads closes, and the
+worker session closes only after in-flight relays have finished or been cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from router import handlers
+from router.balancer import LeastLoaded, Policy
+from router.config import RouterConfig
+from router.keys import CONFIG, METRICS, POLICY, REDIS, RELAY, VIEW
+from router.metrics import RouterMetrics
+from router.middleware import edge_middleware
+from router.proxy import Relay, create_session
+from router.snapshot import RegistryView, RegistryWatcher
+
+logger = logging.getLogger(__name__)
+
+REDIS_TIMEOUT_S = 5.0
+
+
+def create_app(config: RouterConfig, *, policy: Policy | None = None) -> web.Application:
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[edge_middleware])
+    app[CONFIG] = config
+    app[METRICS] = RouterMetrics()
+    app[VIEW] = RegistryView(config.worker_stale_s)
+    app[POLICY] = policy if policy is not None else LeastLoaded()
+    app.cleanup_ctx.extend([_metrics_ctx, _redis_ctx, _worker_session_ctx, _watcher_ctx])
+
+    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+    app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/v1/models/{model:.+}", handlers.retrieve_model)
+    app.router.add_get("/health", handlers.health)
+    app.router.add_get("/metrics", handlers.metrics)
+    return app
+
+
+async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[METRICS].watch_view(app[VIEW])
+    yield
+    app[METRICS].unwatch_view()
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    redis = Redis.from_url(
+        config.redis_url,
+        socket_connect_timeout=config.connect_timeout_s,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_keepalive=True,
+        health_check_interval=10,
+    )
+    app[REDIS] = redis
+    yield
+    await redis.aclose()  # type: ignore[attr-defined]  # types-redis predates it
+
+
+async def _worker_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    session = create_session(config.connect_timeout_s, config.read_timeout_s)
+    app[RELAY] = Relay(session, app[POLICY], app[METRICS], config.max_attempts)
+    yield
+    await session.close()
+
+
+async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    watcher = RegistryWatcher(
+        app[REDIS],
+        app[VIEW],
+        app[METRICS],
+        refresh_s=config.registry_refresh_s,
+        read_timeout_s=REDIS_TIMEOUT_S,
+    )
+    await watcher.start()
+    yield
+    await watcher.close()

@@ -1,0 +1,149 @@
+"""HTTP handlers: chat completions (dispatch), models, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Final
+
+import orjson
+from aiohttp import hdrs, web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from router.errors import (
+    ApiError,
+    ModelNotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from router.keys import CONFIG, METRICS, RELAY, REQUEST_ID, VIEW
+from router.metrics import CANCELLED, OTHER_MODEL
+from router.snapshot import RegistryView
+from router.wire import parse_chat_request
+
+JSON: Final = "application/json"
+NO_WORKER_RETRY_AFTER_S: Final = 1.0
+OWNED_BY: Final = "xerotier"
+# Refusals before any worker is involved, by status; 502/504 are upstream errors, not these.
+_REJECTION_REASONS: Final = {
+    400: "invalid_request",
+    404: "model_not_found",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    arrived = time.perf_counter()
+    app = request.app
+    metrics = app[METRICS]
+    view = app[VIEW]
+    series = metrics.chat_series(OTHER_MODEL, False)
+    status = 500
+    try:
+        content_type = _json_content_type(request)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = app[CONFIG].max_body_bytes
+            raise PayloadTooLarge(f"The request body exceeds {limit} bytes.") from None
+        chat = parse_chat_request(body)  # the one parse; `body` goes upstream unchanged
+        model = chat.model
+        series = metrics.chat_series(model if model in view.models else OTHER_MODEL, chat.stream)
+        candidates = view.candidates(model)
+        if not candidates:
+            raise _no_worker(view, model)
+        response = await app[RELAY].forward(
+            request, body, content_type, request[REQUEST_ID], candidates, series, arrived
+        )
+        status = response.status
+        return response
+    except ApiError as exc:
+        status = exc.status
+        reason = _REJECTION_REASONS.get(status)
+        if reason is not None:
+            metrics.rejections.labels(reason).inc()
+        raise
+    except asyncio.CancelledError:
+        status = CANCELLED
+        raise
+    finally:
+        series.finish(status, time.perf_counter() - arrived)
+
+
+def _json_content_type(request: web.Request) -> str:
+    """The Content-Type to forward: JSON, or absent (taken as JSON); anything else is 415."""
+    value = request.headers.get(hdrs.CONTENT_TYPE)
+    if value is None:
+        return JSON
+    if value == JSON or value.partition(";")[0].strip().lower() == JSON:
+        return value
+    raise UnsupportedMediaType(
+        f"Unsupported Content-Type {value.partition(';')[0]!r}; send application/json."
+    )
+
+
+def _no_worker(view: RegistryView, model: str) -> ApiError:
+    if model in view.models:
+        return ServiceUnavailable(
+            f"No worker is serving model `{model}` right now; retry shortly.",
+            retry_after_s=NO_WORKER_RETRY_AFTER_S,
+        )
+    if view.loaded_at is None:
+        # Before the first registry read every model looks unknown; do not call it missing.
+        return ServiceUnavailable(
+            "The router has not loaded the worker registry yet; retry shortly.",
+            retry_after_s=NO_WORKER_RETRY_AFTER_S,
+        )
+    return ModelNotFound(model)
+
+
+def _model_object(model: str, created: int) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": created, "owned_by": OWNED_BY}
+
+
+def _json(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type=JSON)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    view = request.app[VIEW]
+    data = [_model_object(m, view.models.get(m, 0)) for m in sorted(view.ready)]
+    _count_models(request, 200)
+    return _json({"object": "list", "data": data})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    view = request.app[VIEW]
+    model = request.match_info["model"]
+    if model not in view.ready:
+        _count_models(request, 404)
+        raise ModelNotFound(model)
+    _count_models(request, 200)
+    return _json(_model_object(model, view.models.get(model, 0)))
+
+
+def _count_models(request: web.Request, status: int) -> None:
+    request.app[METRICS].requests.labels("models", "", f"{status // 100}xx").inc()
+
+
+async def health(request: web.Request) -> web.Response:
+    view = request.app[VIEW]
+    age = view.registry_age_s()
+    return _json(
+        {
+            "status": "ok",
+            "workers": len(view.upstreams),
+            "models": len(view.ready),
+            "registry_age_s": None if age is None else round(age, 3),
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS].render(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST}
+    )

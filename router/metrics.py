@@ -1,0 +1,203 @@
+"""The router's Prometheus metrics, all in one object that owns its CollectorRegistry.
+
+Families (label values are bounded: `model` is a model in the registry or "other", `worker` a
+worker id from the registry, the rest are fixed sets):
+
+    router_requests_total{endpoint,model,status_class}   status_class: 2xx..5xx, or "cancelled"
+    router_request_duration_seconds{model,stream}         chat completions, arrival to last byte
+    router_time_to_first_byte_seconds{model,stream}       arrival to the first upstream body chunk
+                                                          (for a stream: the first SSE event)
+    router_inter_chunk_gap_seconds{model}                 between upstream chunks of a stream
+    router_overhead_seconds                               arrival to upstream request sent
+    router_queue_wait_seconds                             admission queue wait (no queue yet: 0)
+    router_worker_in_flight{worker,model}                 this replica's open requests per worker
+    router_upstream_errors_total{worker,kind}             connect, busy, timeout, broken
+    router_upstream_retries_total{model}                  attempts after the first
+    router_cancellations_total{phase}                     client hung up: waiting or streaming
+    router_rejections_total{reason}                       requests refused before any upstream
+    router_registry_workers{model,state}                  workers in this replica's view
+    router_registry_staleness_seconds                     since the last successful full read
+    router_registry_errors_total{op}                      read, events, decode
+
+Request-path series are bound once per label set and cached, so the hot path does a dict lookup
+and an observe, not a label resolution; view-derived gauges are computed at scrape time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from router.snapshot import RegistryView
+
+OTHER_MODEL = "other"
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+FIRST_BYTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+GAP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+OVERHEAD_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+)  # fmt: skip
+
+_STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+CANCELLED = 0  # the status recorded for a request whose client hung up
+
+
+class ChatSeries:
+    """The chat-completion series of one (model, stream) pair, pre-bound."""
+
+    __slots__ = ("_by_status", "_requests", "chunk_gap", "duration", "first_byte", "retries")
+
+    def __init__(self, metrics: RouterMetrics, model: str, stream: bool) -> None:
+        flag = "true" if stream else "false"
+        self._requests = metrics.requests
+        self.duration = metrics.request_duration.labels(model, flag)
+        self.first_byte = metrics.time_to_first_byte.labels(model, flag)
+        self.chunk_gap = metrics.inter_chunk_gap.labels(model)
+        self.retries = metrics.upstream_retries.labels(model)
+        self._by_status: dict[int, Any] = {
+            code: metrics.requests.labels("chat_completions", model, label)
+            for code, label in _STATUS_CLASSES.items()
+        }
+        self._by_status[CANCELLED] = metrics.requests.labels("chat_completions", model, "cancelled")
+
+    def finish(self, status: int, duration_s: float) -> None:
+        self._by_status[status // 100 if status else CANCELLED].inc()
+        self.duration.observe(duration_s)
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "router_requests",
+            "Requests answered, by endpoint, model and status class.",
+            ["endpoint", "model", "status_class"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "router_request_duration_seconds",
+            "Chat completion time from arrival to the last byte.",
+            ["model", "stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_byte = Histogram(
+            "router_time_to_first_byte_seconds",
+            "Time from arrival to the first upstream body chunk (a stream's first event).",
+            ["model", "stream"],
+            buckets=FIRST_BYTE_BUCKETS,
+            registry=r,
+        )
+        self.inter_chunk_gap = Histogram(
+            "router_inter_chunk_gap_seconds",
+            "Gap between consecutive upstream chunks of a stream.",
+            ["model"],
+            buckets=GAP_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "router_overhead_seconds",
+            "Router time from request arrival until the upstream request is sent.",
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "router_queue_wait_seconds",
+            "Time spent waiting for worker capacity (no admission queue yet).",
+            buckets=FIRST_BYTE_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "router_upstream_errors",
+            "Upstream failures by worker and kind (connect, busy, timeout, broken).",
+            ["worker", "kind"],
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "router_upstream_retries",
+            "Attempts on another worker after a failure before the first byte.",
+            ["model"],
+            registry=r,
+        )
+        self.cancellations = Counter(
+            "router_cancellations",
+            "Requests whose client hung up, closing the upstream request.",
+            ["phase"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "router_rejections",
+            "Requests refused before reaching a worker, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.registry_errors = Counter(
+            "router_registry_errors",
+            "Failed registry operations (read, events, decode).",
+            ["op"],
+            registry=r,
+        )
+        self._series: dict[tuple[str, bool], ChatSeries] = {}
+        self._view_collector: _ViewCollector | None = None
+
+    def chat_series(self, model: str, stream: bool) -> ChatSeries:
+        """The series for a model label already bounded by the caller (see model_label)."""
+        series = self._series.get((model, stream))
+        if series is None:
+            series = self._series[(model, stream)] = ChatSeries(self, model, stream)
+        return series
+
+    def watch_view(self, view: RegistryView) -> None:
+        """Export the view-derived gauges (registry size, staleness, in-flight per worker)."""
+        self._view_collector = _ViewCollector(view)
+        self.registry.register(self._view_collector)
+
+    def unwatch_view(self) -> None:
+        if self._view_collector is not None:
+            self.registry.unregister(self._view_collector)
+            self._view_collector = None
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _ViewCollector(Collector):
+    def __init__(self, view: RegistryView) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        in_flight = GaugeMetricFamily(
+            "router_worker_in_flight",
+            "This replica's open requests per worker.",
+            labels=["worker", "model"],
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for worker_id, upstream in self._view.upstreams.items():
+            record = upstream.record
+            in_flight.add_metric([worker_id, record.model], upstream.in_flight)
+            key = (record.model, record.state.value)
+            counts[key] = counts.get(key, 0) + 1
+        workers = GaugeMetricFamily(
+            "router_registry_workers",
+            "Workers in this replica's registry view, by model and state.",
+            labels=["model", "state"],
+        )
+        for (model, state), n in sorted(counts.items()):
+            workers.add_metric([model, state], n)
+        age = self._view.registry_age_s()
+        staleness = GaugeMetricFamily(
+            "router_registry_staleness_seconds",
+            "Seconds since the last successful full registry read (+Inf before the first).",
+            value=math.inf if age is None else age,
+        )
+        yield in_flight
+        yield workers
+        yield staleness

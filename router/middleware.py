@@ -1,0 +1,83 @@
+"""The app's one middleware: a request id on every response, and every error OpenAI-shaped."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from router.errors import (
+    ApiError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    internal_error_body,
+)
+from router.keys import REQUEST_ID
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+MAX_REQUEST_ID_CHARS = 128
+JSON = "application/json"
+
+
+def error_response(error: ApiError) -> web.Response:
+    return web.Response(
+        status=error.status, body=error.body(), content_type=JSON, headers=error.headers()
+    )
+
+
+@web.middleware
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get(REQUEST_ID_HEADER)
+    if request_id is None or not _sane(request_id):
+        request_id = os.urandom(16).hex()
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            exc.headers[REQUEST_ID_HEADER] = request_id
+            raise
+        response = _http_error(request, exc)
+    except Exception:
+        logger.exception("unhandled error in %s %s", request.method, request.path)
+        response = web.Response(status=500, body=internal_error_body(), content_type=JSON)
+    if not response.prepared:  # a stream set its headers before it started
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+def _sane(request_id: str) -> bool:
+    return (
+        0 < len(request_id) <= MAX_REQUEST_ID_CHARS
+        and request_id.isascii()
+        and request_id.isprintable()
+    )
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own refusals (no route, wrong method, body too large) in OpenAI's shape."""
+    where = f"{request.method} {request.path}"
+    error: ApiError
+    if exc.status == 404:
+        error = NotFound(f"Invalid URL ({where})", code=None)
+    elif exc.status == 405:
+        error = MethodNotAllowed(f"Method not allowed ({where})")
+    elif exc.status == 413:
+        error = PayloadTooLarge("The request body is too large.")
+    elif exc.status < 500:
+        error = InvalidRequest(exc.reason)
+    else:
+        return web.Response(status=exc.status, body=internal_error_body(), content_type=JSON)
+    response = web.Response(status=exc.status, body=error.body(), content_type=JSON)
+    allow = exc.headers.get(hdrs.ALLOW)
+    if allow is not None:
+        response.headers[hdrs.ALLOW] = allow
+    return response

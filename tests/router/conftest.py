@@ -1,0 +1,79 @@
+"""Router test fixtures: a real redis-server per test, fake workers, and a router factory.
+
+Fake workers are real aiohttp servers (started by aiohttp_server, which cancels a handler when
+its client hangs up) registered in Redis with router.registry.publish_worker, as a worker would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+from redis.asyncio import Redis
+
+from router.app import create_app
+from router.balancer import LeastLoaded
+from router.config import RouterConfig
+from router.registry import WorkerState, publish_worker
+
+from .fakes import MODEL, TTL_MS, FakeWorker, RedisServer, RouterFactory, StartWorker, make_record
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis[bytes]]:
+    client: Redis[bytes] = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()  # type: ignore[attr-defined]  # types-redis predates it
+
+
+@pytest.fixture
+def start_worker(aiohttp_server: AiohttpServer, redis: Redis[bytes]) -> StartWorker:
+    """Start a fake worker server and register it, as a worker's heartbeat would."""
+
+    async def start(
+        worker_id: str,
+        *,
+        mode: str = "ok",
+        model: str = MODEL,
+        running: int = 0,
+        state: WorkerState = WorkerState.READY,
+    ) -> FakeWorker:
+        worker = FakeWorker(worker_id, mode)
+        server = await aiohttp_server(worker.app())
+        worker.url = str(server.make_url("")).rstrip("/")
+        record = make_record(worker_id, worker.url, model=model, running=running, state=state)
+        await publish_worker(redis, record, TTL_MS)
+        return worker
+
+    return start
+
+
+@pytest.fixture
+def start_router(aiohttp_client: AiohttpClient, redis_server: RedisServer) -> RouterFactory:
+    """A router app on a test server (handler_cancellation on), configured for fast tests."""
+
+    async def start(**overrides: Any) -> TestClient[web.Request, web.Application]:
+        settings: dict[str, Any] = {
+            "redis_url": redis_server.url,
+            "registry_refresh_s": 0.2,
+            "worker_stale_s": 30.0,
+            "connect_timeout_s": 1.0,
+            "read_timeout_s": 5.0,
+        }
+        settings.update(overrides)
+        app = create_app(RouterConfig(**settings), policy=LeastLoaded())
+        return await aiohttp_client(app)
+
+    return start

@@ -1,0 +1,192 @@
+"""Fakes for router tests: a throwaway redis-server, fake workers, records, and waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from multidict import CIMultiDictProxy
+
+from router.registry import WorkerRecord, WorkerState, now_ms
+
+REDIS_SERVER = "/usr/bin/redis-server"
+MODEL = "smollm2-135m"
+TTL_MS = 60_000  # app tests outlive no record; ageing tests use their own short times
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A throwaway redis-server; stop() and start() again on the same port simulate an outage."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 5
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            if time.monotonic() > deadline or self._proc.poll() is not None:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+
+def make_record(
+    worker_id: str,
+    url: str,
+    *,
+    model: str = MODEL,
+    running: int = 0,
+    waiting: int = 0,
+    state: WorkerState = WorkerState.READY,
+) -> WorkerRecord:
+    now = now_ms()
+    return WorkerRecord(
+        worker_id=worker_id,
+        model=model,
+        url=url,
+        state=state,
+        slots=4,
+        running=running,
+        waiting=waiting,
+        max_queue=16,
+        device="cpu",
+        started_ms=now,
+        heartbeat_ms=now,
+    )
+
+
+# The fake worker's canned answers; odd spacing and non-ASCII prove the relay is byte-exact.
+PLAIN_BODY = (
+    b'{"id":"chatcmpl-fake", "object":"chat.completion","created":1,"model":"smollm2-135m",'
+    b'"choices":[{"index":0,"message":{"role":"assistant","content":"h\xc3\xa9llo"},'
+    b'"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}'
+)
+
+
+def sse_frame(content: str, finish: str | None = None) -> bytes:
+    delta = f'{{"content":"{content}"}}' if content else "{}"
+    reason = f'"{finish}"' if finish else "null"
+    return (
+        b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":1,'
+        b'"model":"smollm2-135m","choices":[{"index":0,"delta":' + delta.encode() + b","
+        b'"finish_reason":' + reason.encode() + b"}]}\n\n"
+    )
+
+
+STREAM_FRAMES = [sse_frame("Hel"), sse_frame("lo"), sse_frame("", "stop"), b"data: [DONE]\n\n"]
+
+
+@dataclass
+class FakeWorker:
+    """What a fake worker does and what it saw. `mode` picks the behaviour of the next request:
+
+    ok       plain JSON or SSE (split across writes at odd places)
+    busy     503, as a full worker answers
+    die      two SSE frames and half a third, then the connection drops
+    hang     one SSE frame (or, not streaming, nothing) until the client goes away
+    """
+
+    worker_id: str
+    mode: str = "ok"
+    url: str = ""
+    bodies: list[bytes] = field(default_factory=list)
+    headers: list[CIMultiDictProxy[str]] = field(default_factory=list)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        return app
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.bodies.append(body)
+        self.headers.append(request.headers)
+        self.started.set()
+        if self.mode == "busy":
+            return web.json_response({"error": {"message": "full"}}, status=503)
+        if b'"stream":true' not in body.replace(b" ", b""):
+            if self.mode == "hang":
+                try:
+                    await asyncio.sleep(30)
+                except asyncio.CancelledError:
+                    self.cancelled.set()
+                    raise
+            return web.Response(body=PLAIN_BODY, content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            if self.mode == "ok":
+                data = b"".join(STREAM_FRAMES)
+                for cut in (7, 60, len(STREAM_FRAMES[0]) - 64, 3, 250, len(data)):
+                    await response.write(data[:cut])
+                    data = data[cut:]
+                    await asyncio.sleep(0.005)
+            elif self.mode == "die":
+                await response.write(STREAM_FRAMES[0] + STREAM_FRAMES[1] + STREAM_FRAMES[2][:20])
+                await asyncio.sleep(0.1)
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            elif self.mode == "hang":
+                await response.write(STREAM_FRAMES[0])
+                await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        await response.write_eof()
+        return response
+
+
+class StartWorker(Protocol):
+    def __call__(
+        self,
+        worker_id: str,
+        *,
+        mode: str = "ok",
+        model: str = MODEL,
+        running: int = 0,
+        state: WorkerState = WorkerState.READY,
+    ) -> Awaitable[FakeWorker]: ...
+
+
+RouterFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    """Wait until check() holds, polling; fail the test after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)

@@ -1,0 +1,54 @@
+"""The CLI contract: flags over environment over defaults, bad values exit 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.cli import parse_config
+from router.config import RouterConfig
+
+
+def test_defaults() -> None:
+    config = parse_config(["--redis-url", "redis://r:6379/0"], {})
+    assert config == RouterConfig(redis_url="redis://r:6379/0")
+    assert (config.host, config.port, config.max_body_bytes) == ("127.0.0.1", 8080, 4 * 1024**2)
+    assert (config.worker_stale_s, config.registry_refresh_s, config.max_attempts) == (2.5, 1.0, 3)
+
+
+def test_environment_and_flags() -> None:
+    env = {
+        "REDIS_URL": "redis://env:1",
+        "ROUTER_PORT": "9000",
+        "ROUTER_WORKER_STALE_S": "4",
+        "ROUTER_LOG_LEVEL": "debug",
+    }
+    config = parse_config(["--port", "9100", "--max-attempts", "5"], env)
+    assert config.redis_url == "redis://env:1"
+    assert (config.port, config.worker_stale_s, config.max_attempts) == (9100, 4.0, 5)
+    assert config.log_level == "DEBUG"
+    env["ROUTER_REDIS_URL"] = "redis://router-env:1"
+    assert parse_config([], env).redis_url == "redis://router-env:1"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        ([], {}, "--redis-url is required"),
+        (["--redis-url", "redis://r", "--port", "http"], {}, "--port: invalid value 'http'"),
+        (
+            ["--redis-url", "redis://r"],
+            {"ROUTER_READ_TIMEOUT_S": "0"},
+            "ROUTER_READ_TIMEOUT_S must",
+        ),
+        (["--redis-url", "http://r"], {}, "--redis-url must start with redis://"),
+        (["--redis-url", "redis://r", "--max-attempts", "0"], {}, "--max-attempts must be >= 1"),
+        (["--redis-url", "redis://r", "--log-level", "loud"], {}, "--log-level must be one of"),
+    ],
+)
+def test_invalid_values_exit_2(
+    argv: list[str], env: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(argv, env)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,190 @@
+"""The live registry view: events, full re-reads, local ageing and Redis outages."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from redis.asyncio import Redis
+
+from router.metrics import RouterMetrics
+from router.registry import (
+    EVENTS_CHANNEL,
+    MODELS_KEY,
+    WORKERS_KEY,
+    Event,
+    EventType,
+    Snapshot,
+    WorkerState,
+    model_workers_key,
+    publish_worker,
+    remove_worker,
+    worker_key,
+)
+from router.snapshot import RegistryView, RegistryWatcher
+
+from .fakes import MODEL, RedisServer, eventually, make_record
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+URL = "http://127.0.0.1:1"
+
+
+def test_events_update_load_in_place_and_rebuild_only_on_change() -> None:
+    view = RegistryView(stale_s=2.5, clock=FakeClock())
+    record = make_record("a", URL, running=2)
+    view.apply_event(Event(EventType.JOIN, "a", record))
+    ready = view.ready
+    upstream = view.candidates(MODEL)[0]
+    assert upstream.load == 2
+    assert view.models[MODEL] == record.started_ms // 1000
+
+    view.apply_event(
+        Event(EventType.LOAD, "a", replace(record, heartbeat_ms=record.heartbeat_ms + 1, running=0))
+    )
+    assert view.ready is ready  # same index, counters updated in place
+    assert upstream.load == 0
+
+    stale = replace(record, heartbeat_ms=record.heartbeat_ms - 5, running=9)
+    view.apply_event(Event(EventType.LOAD, "a", stale))  # out of order: ignored
+    assert upstream.load == 0
+
+    draining = replace(record, heartbeat_ms=record.heartbeat_ms + 2, state=WorkerState.DRAINING)
+    view.apply_event(Event(EventType.DRAIN, "a", draining))
+    assert view.candidates(MODEL) == ()
+    assert "a" in view.upstreams
+
+    view.apply_event(Event(EventType.LEAVE, "a", None))
+    assert view.upstreams == {}
+    assert MODEL in view.models  # still known: 503, not 404
+
+
+def test_ageing_uses_our_clock_and_pauses_while_redis_is_silent() -> None:
+    clock = FakeClock()
+    view = RegistryView(stale_s=2.5, clock=clock)
+    record = make_record("a", URL)
+    view.apply_event(Event(EventType.JOIN, "a", record))
+
+    clock.now += 1.0
+    view.apply_snapshot(Snapshot({"a": record}, {}), started_at=clock.now)  # no new heartbeat
+    clock.now += 1.0
+    view.apply_snapshot(Snapshot({"a": record}, {}), started_at=clock.now)
+    assert view.expire() == []
+    clock.now += 0.6  # 2.6 s since the heartbeat was last seen to advance
+    view.apply_snapshot(Snapshot({"a": record}, {}), started_at=clock.now)
+    assert view.expire() == ["a"]
+    # Its key lingers in Redis with the same heartbeat: not taken for a live worker.
+    view.apply_snapshot(Snapshot({"a": record}, {}), started_at=clock.now)
+    assert view.upstreams == {}
+    # A fresh heartbeat brings it back.
+    view.apply_snapshot(
+        Snapshot({"a": replace(record, heartbeat_ms=record.heartbeat_ms + 1)}, {}), clock.now
+    )
+    assert list(view.upstreams) == ["a"]
+
+    clock.now += 10.0  # no contact with Redis at all: keep the last view
+    assert view.expire() == []
+    assert list(view.upstreams) == ["a"]
+
+
+def test_full_read_spares_a_worker_that_joined_while_it_ran() -> None:
+    clock = FakeClock()
+    view = RegistryView(stale_s=2.5, clock=clock)
+    started = clock.now
+    clock.now += 0.01
+    view.apply_event(Event(EventType.JOIN, "new", make_record("new", URL)))
+    view.apply_event(Event(EventType.JOIN, "old", make_record("old", URL)))
+    view.upstreams["old"].seen_at = started - 1  # seen before the read began
+    view.apply_snapshot(Snapshot({}, {MODEL: 1}), started_at=started)
+    assert list(view.upstreams) == ["new"]
+    assert view.models[MODEL] == 1
+
+
+async def _watch(redis: Redis[bytes], view: RegistryView, refresh_s: float) -> RegistryWatcher:
+    watcher = RegistryWatcher(redis, view, RouterMetrics(), refresh_s=refresh_s, read_timeout_s=1)
+    await watcher.start()
+    return watcher
+
+
+async def _until_subscribed(redis: Redis[bytes]) -> None:
+    for _ in range(300):
+        [(_, subscribers)] = await redis.pubsub_numsub(EVENTS_CHANNEL)
+        if subscribers:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the watcher never subscribed")
+
+
+async def test_event_is_applied_without_a_full_read(redis: Redis[bytes]) -> None:
+    view = RegistryView(stale_s=30)
+    watcher = await _watch(redis, view, refresh_s=60)  # re-reads too rare to explain the result
+    try:
+        await _until_subscribed(redis)
+        await publish_worker(redis, make_record("a", URL, running=3), ttl_ms=10_000)
+        await eventually(lambda: len(view.candidates(MODEL)) == 1)
+        assert view.candidates(MODEL)[0].load == 3
+        await remove_worker(redis, "a", MODEL)
+        await eventually(lambda: not view.upstreams)
+    finally:
+        await watcher.close()
+
+
+async def test_periodic_full_read_finds_a_silent_write(redis: Redis[bytes]) -> None:
+    view = RegistryView(stale_s=30)
+    watcher = await _watch(redis, view, refresh_s=0.1)
+    try:
+        record = make_record("quiet", URL)
+        # Written as publish_worker does, minus the event.
+        pipe = redis.pipeline(transaction=False)
+        pipe.hset(worker_key("quiet"), mapping=record.to_hash())  # type: ignore[arg-type]
+        pipe.sadd(WORKERS_KEY, "quiet")
+        pipe.sadd(model_workers_key(MODEL), "quiet")
+        pipe.hset(MODELS_KEY, MODEL, "7")
+        await pipe.execute()
+        await eventually(lambda: "quiet" in view.upstreams, timeout_s=2)
+        assert view.models[MODEL] == 7
+    finally:
+        await watcher.close()
+
+
+async def test_a_silent_worker_ages_out_within_the_stale_time(redis: Redis[bytes]) -> None:
+    view = RegistryView(stale_s=0.5)
+    await publish_worker(redis, make_record("a", URL), ttl_ms=60_000)  # its key will linger
+    watcher = await _watch(redis, view, refresh_s=0.1)
+    try:
+        assert "a" in view.upstreams
+        await eventually(lambda: not view.upstreams, timeout_s=0.5 + 0.5)
+        await asyncio.sleep(0.3)  # several full reads later, still gone
+        assert not view.upstreams
+    finally:
+        await watcher.close()
+
+
+async def test_redis_outage_keeps_the_last_view_and_recovers(
+    redis: Redis[bytes], redis_server: RedisServer
+) -> None:
+    view = RegistryView(stale_s=0.5)
+    await publish_worker(redis, make_record("a", URL), ttl_ms=60_000)
+    watcher = await _watch(redis, view, refresh_s=0.1)
+    try:
+        redis_server.stop()
+        await asyncio.sleep(1.0)  # twice the stale time without a heartbeat
+        assert list(view.upstreams) == ["a"]
+        age = view.registry_age_s()
+        assert age is not None and age > 0.8
+
+        redis_server.start()  # empty: it saved nothing
+        await publish_worker(redis, make_record("b", URL), ttl_ms=60_000)
+        await eventually(lambda: "b" in view.upstreams, timeout_s=8)
+        await eventually(lambda: "a" not in view.upstreams, timeout_s=2)
+        age = view.registry_age_s()
+        assert age is not None and age < 1
+    finally:
+        await watcher.close()
