@@ -61,8 +61,9 @@ class Process:
     def start(self) -> None:
         log = self.log_path.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                     env=env)
+        self.proc = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
+        )
         log.close()
 
     @property
@@ -112,8 +113,19 @@ class RedisServer(Process):
     @classmethod
     def create(cls, tmp: Path) -> RedisServer:
         port = free_port()
-        args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(tmp)]
+        args = [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ]
         return cls(name="redis", args=args, log_path=tmp / f"redis-{port}.log", port=port)
 
     def start(self) -> None:
@@ -147,17 +159,45 @@ def worker_process(
     tmp: Path, redis_url: str, worker_id: str, *, engine: str = "llama", extra: tuple[str, ...] = ()
 ) -> HttpService:
     port = free_port()
-    args = [sys.executable, "-m", "worker", "--model-id", MODEL_ID, "--redis-url", redis_url,
-            "--host", "127.0.0.1", "--port", str(port), "--worker-id", worker_id,
-            "--engine", engine, "--n-ctx", "2048", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "worker",
+        "--model-id",
+        MODEL_ID,
+        "--redis-url",
+        redis_url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--worker-id",
+        worker_id,
+        "--engine",
+        engine,
+        "--n-ctx",
+        "2048",
+        *extra,
+    ]
     if engine != "fake":
         args += ["--model-path", MODEL_PATH, "--n-threads", "1"]
     return HttpService(name=worker_id, args=args, log_path=tmp / f"{worker_id}.log", port=port)
 
 
-def router_process(tmp: Path, redis_url: str, name: str = "router",
-                   extra: tuple[str, ...] = ()) -> HttpService:
+def router_process(
+    tmp: Path, redis_url: str, name: str = "router", extra: tuple[str, ...] = ()
+) -> HttpService:
     port = free_port()
-    args = [sys.executable, "-m", "router", "--redis-url", redis_url, "--host", "127.0.0.1",
-            "--port", str(port), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "router",
+        "--redis-url",
+        redis_url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra,
+    ]
     return HttpService(name=name, args=args, log_path=tmp / f"{name}.log", port=port)
