@@ -52,9 +52,8 @@ import numpy as np
 
 from router.errors import InvalidRequest, ServiceUnavailable
 from router.wire import Message
-from worker.engine import Finished, FinishReason, SamplingParams
-from worker.fake_engine import context_exceeded
-from worker.llama_engine import _Model as ChatPrompt
+from worker.engine import Finished, FinishReason, SamplingParams, context_exceeded
+from worker.llama_engine import ChatPrompt
 from worker.stops import StopMatcher
 
 __all__ = ["BatchedLlamaEngine", "ChatPrompt", "LoadedModel", "new_context", "new_sampler"]

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from router.errors import ContextLengthExceeded
 from router.wire import ChatRequest, Message
 
 FinishReason = Literal["stop", "length"]
@@ -52,6 +53,14 @@ class Finished:
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+
+
+def context_exceeded(n_ctx: int, prompt_tokens: int) -> ContextLengthExceeded:
+    return ContextLengthExceeded(
+        f"This model's maximum context length is {n_ctx} tokens. However, your messages "
+        f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
+        param="messages",
+    )
 
 
 class Engine(Protocol):

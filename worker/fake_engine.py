@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from router.errors import ContextLengthExceeded
 from router.wire import Message
-from worker.engine import Finished, FinishReason, SamplingParams
+from worker.engine import Finished, FinishReason, SamplingParams, context_exceeded
 from worker.stops import StopMatcher
 
 WORDS = ("The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog.")
@@ -24,14 +23,6 @@ TOKENS_PER_MESSAGE = 4
 
 def count_prompt_tokens(messages: Sequence[Message]) -> int:
     return sum(len(m.content.split()) + TOKENS_PER_MESSAGE for m in messages)
-
-
-def context_exceeded(n_ctx: int, prompt_tokens: int) -> ContextLengthExceeded:
-    return ContextLengthExceeded(
-        f"This model's maximum context length is {n_ctx} tokens. However, your messages "
-        f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
-        param="messages",
-    )
 
 
 class FakeEngine:

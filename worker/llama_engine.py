@@ -32,9 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from router.errors import ContextLengthExceeded, InvalidRequest
+from router.errors import InvalidRequest
 from router.wire import Message
-from worker.engine import Finished, FinishReason, SamplingParams
+from worker.engine import Finished, FinishReason, SamplingParams, context_exceeded
 from worker.stops import StopMatcher
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class LlamaEngine:
         # One thread: llama.cpp contexts are not thread-safe, and it serialises requests.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._llm: Llama | None = None
-        self._model: _Model | None = None
+        self._model: ChatPrompt | None = None
         self._device = "cpu"
         self._active: set[threading.Event] = set()
 
@@ -147,10 +147,10 @@ class LlamaEngine:
         if self._n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload():
             self._device = "gpu"
         self._llm = llm
-        self._model = _Model(llm, self._n_ctx)
+        self._model = ChatPrompt(llm, self._n_ctx)
 
 
-class _Model:
+class ChatPrompt:
     """The loaded model's chat template and tokenizer; used only on the engine thread."""
 
     def __init__(self, llm: Llama, n_ctx: int) -> None:
@@ -210,12 +210,7 @@ class _Model:
                 return
             prompt = self.prompt_tokens(messages)
             if len(prompt) >= self._n_ctx:
-                raise ContextLengthExceeded(
-                    f"This model's maximum context length is {self._n_ctx} tokens. However, "
-                    f"your messages resulted in {len(prompt)} tokens. Please reduce the length "
-                    "of the messages.",
-                    param="messages",
-                )
+                raise context_exceeded(self._n_ctx, len(prompt))
             if not prompt:
                 raise InvalidRequest("The messages rendered to an empty prompt.", param="messages")
             finished = self._generate(prompt, params, emit, cancel)
