@@ -243,6 +243,7 @@ class Stack:
             "--redis-url", self.redis_url,
             "--host", HOST,
             "--port", str(port),
+            "--auth", "off",  # benchmarks measure routing, not key checks
             *self.config.router_args,
         ]  # fmt: skip
         self.router = await self._spawn("router", args, port)

@@ -14,9 +14,10 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from router import handlers
+from router.access import Access
 from router.balancer import LeastLoaded, Policy
 from router.config import RouterConfig
-from router.keys import CONFIG, METRICS, POLICY, REDIS, RELAY, VIEW
+from router.keys import ACCESS, CONFIG, METRICS, POLICY, REDIS, RELAY, VIEW
 from router.metrics import RouterMetrics
 from router.middleware import edge_middleware
 from router.proxy import Relay, create_session
@@ -25,6 +26,8 @@ from router.snapshot import RegistryView, RegistryWatcher
 logger = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_S = 5.0
+PROJECT = "/{project:proj_[A-Za-z0-9]+}"
+ENDPOINT = "/{endpoint:[a-z0-9][a-z0-9-]{0,62}}"
 
 
 def create_app(config: RouterConfig, *, policy: Policy | None = None) -> web.Application:
@@ -33,11 +36,15 @@ def create_app(config: RouterConfig, *, policy: Policy | None = None) -> web.App
     app[METRICS] = RouterMetrics()
     app[VIEW] = RegistryView(config.worker_stale_s)
     app[POLICY] = policy if policy is not None else LeastLoaded()
-    app.cleanup_ctx.extend([_metrics_ctx, _redis_ctx, _worker_session_ctx, _watcher_ctx])
+    app.cleanup_ctx.extend(
+        [_metrics_ctx, _redis_ctx, _access_ctx, _worker_session_ctx, _watcher_ctx]
+    )
 
-    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
-    app.router.add_get("/v1/models", handlers.list_models)
-    app.router.add_get("/v1/models/{model:.+}", handlers.retrieve_model)
+    # Plain and DNS-based (the Host names the endpoint), then the seed's path-based forms.
+    for prefix in ("", PROJECT, PROJECT + ENDPOINT):
+        app.router.add_post(prefix + "/v1/chat/completions", handlers.chat_completions)
+        app.router.add_get(prefix + "/v1/models", handlers.list_models)
+        app.router.add_get(prefix + "/v1/models/{model:.+}", handlers.retrieve_model)
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/metrics", handlers.metrics)
     return app
@@ -61,6 +68,11 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = redis
     yield
     await redis.aclose()  # type: ignore[attr-defined]  # types-redis predates it
+
+
+async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[ACCESS] = Access(app[REDIS], app[CONFIG])
+    yield
 
 
 async def _worker_session_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -42,6 +42,17 @@ def _level(text: str) -> str:
     return text.strip().upper()
 
 
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(text)
+    return value == "on"
+
+
+def _domain(text: str) -> str:
+    return text.strip().strip(".").lower()
+
+
 _OPTIONS = (
     _Option("host", str, "127.0.0.1", "address to listen on"),
     _Option("port", _integer, 8080, "port to listen on"),
@@ -53,6 +64,9 @@ _OPTIONS = (
     _Option("max_body_bytes", _integer, DEFAULT_MAX_BODY_BYTES, "largest request body"),
     _Option("shutdown_timeout_s", _number, 30.0, "grace for in-flight requests on SIGTERM"),
     _Option("log_level", _level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    _Option("auth", _on_off, "on", "API keys required: on, or off for local development only"),
+    _Option("base_domain", _domain, None, "DNS suffix for {endpoint}.{project}.DOMAIN hosts"),
+    _Option("key_cache_ttl_s", _number, 2.0, "how long a router trusts a key lookup (<= 5)"),
 )
 
 

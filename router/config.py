@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+MAX_KEY_CACHE_TTL_S = 5.0
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -23,6 +24,10 @@ class RouterConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     shutdown_timeout_s: float = 30.0  # in-flight requests get this long after SIGTERM
     log_level: str = "INFO"
+    # Tenancy. auth=False is for local development only: no key is asked for.
+    auth: bool = True
+    base_domain: str | None = None  # DNS suffix of `{endpoint}.{project}.{base_domain}` hosts
+    key_cache_ttl_s: float = 2.0  # a revoked key stops working within this on every replica
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.redis_url).scheme
@@ -48,6 +53,13 @@ class RouterConfig:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if not 0 <= self.key_cache_ttl_s <= MAX_KEY_CACHE_TTL_S:
+            raise ValueError(
+                f"key_cache_ttl_s must be between 0 and {MAX_KEY_CACHE_TTL_S}, "
+                f"got {self.key_cache_ttl_s}"
+            )
+        if self.base_domain is not None and not self.base_domain.strip(". "):
+            raise ValueError("base_domain must not be empty")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(
                 f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"

@@ -17,8 +17,9 @@ from router.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from router.keys import CONFIG, METRICS, RELAY, REQUEST_ID, VIEW
+from router.keys import ACCESS, CONFIG, METRICS, RELAY, REQUEST_ID, VIEW
 from router.metrics import CANCELLED, OTHER_MODEL
+from router.proxy import TokenMeter
 from router.snapshot import RegistryView
 from router.wire import parse_chat_request
 
@@ -43,7 +44,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     view = app[VIEW]
     series = metrics.chat_series(OTHER_MODEL, False)
     status = 500
+    access = app[ACCESS]
     try:
+        scope = await access.scope(request)  # the key first: 401 before anything else
         content_type = _json_content_type(request)
         try:
             body = await request.read()
@@ -52,13 +55,29 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             raise PayloadTooLarge(f"The request body exceeds {limit} bytes.") from None
         chat = parse_chat_request(body)  # the one parse; `body` goes upstream unchanged
         model = chat.model
+        access.check_model(scope, model)
         series = metrics.chat_series(model if model in view.models else OTHER_MODEL, chat.stream)
         candidates = view.candidates(model)
         if not candidates:
             raise _no_worker(view, model)
-        response = await app[RELAY].forward(
-            request, body, content_type, request[REQUEST_ID], candidates, series, arrived
-        )
+        decision = await access.admit(scope)
+        limited = scope.key is not None and scope.key.tpm is not None
+        meter = TokenMeter() if limited else None
+        try:
+            response = await app[RELAY].forward(
+                request,
+                body,
+                content_type,
+                request[REQUEST_ID],
+                candidates,
+                series,
+                arrived,
+                decision.headers(),
+                meter,
+            )
+        finally:
+            if meter is not None:  # charged however the response ended, from its real usage
+                await asyncio.shield(access.charge(scope, meter.total_tokens))
         status = response.status
         return response
     except ApiError as exc:
@@ -111,7 +130,9 @@ def _json(payload: Any, status: int = 200) -> web.Response:
 
 async def list_models(request: web.Request) -> web.Response:
     view = request.app[VIEW]
-    data = [_model_object(m, view.models.get(m, 0)) for m in sorted(view.ready)]
+    scope = await request.app[ACCESS].scope(request)
+    models = sorted(m for m in view.ready if scope.allows(m))
+    data = [_model_object(m, view.models.get(m, 0)) for m in models]
     _count_models(request, 200)
     return _json({"object": "list", "data": data})
 
@@ -119,7 +140,8 @@ async def list_models(request: web.Request) -> web.Response:
 async def retrieve_model(request: web.Request) -> web.Response:
     view = request.app[VIEW]
     model = request.match_info["model"]
-    if model not in view.ready:
+    scope = await request.app[ACCESS].scope(request)
+    if model not in view.ready or not scope.allows(model):
         _count_models(request, 404)
         raise ModelNotFound(model)
     _count_models(request, 200)

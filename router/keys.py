@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from redis.asyncio import Redis
 
+from router.access import Access, Scope
 from router.balancer import Policy
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
@@ -17,5 +18,7 @@ VIEW = web.AppKey("registry_view", RegistryView)
 POLICY: web.AppKey[Policy] = web.AppKey("policy")
 REDIS: web.AppKey[Redis[bytes]] = web.AppKey("redis")
 RELAY = web.AppKey("relay", Relay)
+ACCESS = web.AppKey("access", Access)
 
 REQUEST_ID = web.RequestKey("request_id", str)
+SCOPE = web.RequestKey("scope", Scope)

@@ -14,12 +14,14 @@ to the pool), which drops the worker connection and makes the worker stop genera
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
+import orjson
 from aiohttp import (
     ClientConnectionError,
     ClientPayloadError,
@@ -38,6 +40,7 @@ from router.balancer import Policy
 from router.errors import ServiceUnavailable, UpstreamFailed, UpstreamTimeout, sse_error_event
 from router.metrics import ChatSeries, RouterMetrics
 from router.snapshot import Upstream
+from router.wire import USAGE_TRAILER_HEADER, USAGE_TRAILER_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +96,36 @@ def create_session(connect_timeout_s: float, read_timeout_s: float) -> ClientSes
     )
 
 
+class TokenMeter:
+    """Where the relay leaves a response's total tokens, for keys limited by tokens per minute."""
+
+    __slots__ = ("total_tokens",)
+
+    def __init__(self) -> None:
+        self.total_tokens = 0
+
+
+def _take_usage(frames: bytes, meter: TokenMeter) -> bytes:
+    """Strip the worker's usage trailer (router.wire) from whole frames, noting its total."""
+    start = frames.find(FRAME_END + USAGE_TRAILER_PREFIX)
+    if start >= 0:
+        start += len(FRAME_END)
+    elif frames.startswith(USAGE_TRAILER_PREFIX):
+        start = 0
+    else:
+        return frames
+    end = frames.find(FRAME_END, start) + len(FRAME_END)
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        usage = orjson.loads(frames[start + len(USAGE_TRAILER_PREFIX) : end - len(FRAME_END)])
+        meter.total_tokens = int(usage["total_tokens"])
+    return frames[:start] + frames[end:]
+
+
+def _body_usage(body: bytes, meter: TokenMeter) -> None:
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        meter.total_tokens = int(orjson.loads(body)["usage"]["total_tokens"])
+
+
 class Relay:
     def __init__(
         self, session: ClientSession, policy: Policy, metrics: RouterMetrics, max_attempts: int
@@ -111,9 +144,18 @@ class Relay:
         candidates: Sequence[Upstream],
         series: ChatSeries,
         arrived: float,
+        response_headers: Mapping[str, str] | None = None,
+        meter: TokenMeter | None = None,
     ) -> web.StreamResponse:
-        """Send `body` to the least-loaded candidate, failing over before the first byte."""
+        """Send `body` to the least-loaded candidate, failing over before the first byte.
+
+        `response_headers` are added to the client's response (rate-limit headers); a `meter`
+        asks the worker for its usage and receives the response's total tokens.
+        """
         headers = {hdrs.CONTENT_TYPE: content_type, "X-Request-Id": request_id}
+        if meter is not None:
+            headers[USAGE_TRAILER_HEADER] = "1"
+        extra = response_headers or {}
         tried: list[str] = []
         busy = False
         for _ in range(self._max_attempts):
@@ -131,7 +173,9 @@ class Relay:
                 if isinstance(response, _Miss):
                     busy = busy or response is _Miss.BUSY
                     continue
-                return await self._relay(request, upstream, response, request_id, series, arrived)
+                return await self._relay(
+                    request, upstream, response, request_id, series, arrived, extra, meter
+                )
             finally:
                 upstream.end()
         if busy:
@@ -175,14 +219,16 @@ class Relay:
         request_id: str,
         series: ChatSeries,
         arrived: float,
+        extra: Mapping[str, str],
+        meter: TokenMeter | None,
     ) -> web.StreamResponse:
         try:
             if response.content_type == EVENT_STREAM:
                 out = await self._relay_stream(
-                    request, upstream, response, request_id, series, arrived
+                    request, upstream, response, request_id, series, arrived, extra, meter
                 )
             else:
-                out = await self._relay_body(upstream, response, series, arrived)
+                out = await self._relay_body(upstream, response, series, arrived, extra, meter)
         except BaseException:
             # Not release(): the worker must see its connection drop and stop generating.
             response.close()
@@ -191,7 +237,13 @@ class Relay:
         return out
 
     async def _relay_body(
-        self, upstream: Upstream, response: ClientResponse, series: ChatSeries, arrived: float
+        self,
+        upstream: Upstream,
+        response: ClientResponse,
+        series: ChatSeries,
+        arrived: float,
+        extra: Mapping[str, str],
+        meter: TokenMeter | None,
     ) -> web.Response:
         series.first_byte.observe(time.perf_counter() - arrived)  # headers: the answer is ready
         try:
@@ -208,6 +260,9 @@ class Relay:
         headers = CIMultiDict(
             (k, v) for k, v in response.headers.items() if k.lower() not in _DROPPED_HEADERS
         )
+        headers.update(extra)
+        if meter is not None and response.status == 200:
+            _body_usage(body, meter)
         return web.Response(body=body, status=response.status, headers=headers)
 
     async def _relay_stream(
@@ -218,6 +273,8 @@ class Relay:
         request_id: str,
         series: ChatSeries,
         arrived: float,
+        extra: Mapping[str, str],
+        meter: TokenMeter | None,
     ) -> web.StreamResponse:
         out = web.StreamResponse(
             status=response.status,
@@ -226,11 +283,12 @@ class Relay:
                 hdrs.CACHE_CONTROL: "no-cache",
                 "X-Accel-Buffering": "no",
                 "X-Request-Id": request_id,
+                **extra,
             },
         )
         try:
             await out.prepare(request)
-            tail = await self._pump(upstream, response, out, series, arrived)
+            tail = await self._pump(upstream, response, out, series, arrived, meter)
             if tail:
                 await out.write(tail)
             await out.write_eof()
@@ -251,6 +309,7 @@ class Relay:
         out: web.StreamResponse,
         series: ChatSeries,
         arrived: float,
+        meter: TokenMeter | None,
     ) -> bytes:
         """Relay whole frames as they arrive; return what is left to write at the end."""
         pending = b""
@@ -266,14 +325,14 @@ class Relay:
                 last = now
                 data = pending + chunk if pending else chunk
                 end = data.rfind(FRAME_END) + 2
-                if end == len(data):  # the common case: whole frames only
-                    pending = b""
-                    await out.write(data)
-                elif end == 1:  # no frame boundary yet
+                if end == 1:  # no frame boundary yet
                     pending = data
-                else:
-                    pending = data[end:]
-                    await out.write(data[:end])
+                    continue
+                # The common case is whole frames only: no copy.
+                frames, pending = (data, b"") if end == len(data) else (data[:end], data[end:])
+                if meter is not None:
+                    frames = _take_usage(frames, meter)
+                await out.write(frames)
         except ConnectionResetError:
             raise  # the client's side, handled by the caller
         except TimeoutError:

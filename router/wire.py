@@ -222,3 +222,12 @@ def _optional_number(data: dict[str, Any], key: str, low: float, high: float) ->
             code=code,
         )
     return number
+
+
+# The router asks a worker for its usage out of band (only for keys with a tokens-per-minute
+# limit) by sending this header; the worker then ends a stream with one SSE comment frame,
+# `: usage {"prompt_tokens": ..., "completion_tokens": ..., "total_tokens": ...}`, before
+# `data: [DONE]`. SSE clients ignore comments, and the router strips the frame anyway, so what
+# the client receives stays byte-for-byte what OpenAI sends.
+USAGE_TRAILER_HEADER = "X-Usage-Trailer"
+USAGE_TRAILER_PREFIX = b": usage "

@@ -185,7 +185,12 @@ def worker_process(
 
 
 def router_process(
-    tmp: Path, redis_url: str, name: str = "router", extra: tuple[str, ...] = ()
+    tmp: Path,
+    redis_url: str,
+    name: str = "router",
+    extra: tuple[str, ...] = (),
+    *,
+    auth: bool = False,
 ) -> HttpService:
     port = free_port()
     args = [
@@ -198,6 +203,8 @@ def router_process(
         "127.0.0.1",
         "--port",
         str(port),
+        "--auth",
+        "on" if auth else "off",
         *extra,
     ]
     return HttpService(name=name, args=args, log_path=tmp / f"{name}.log", port=port)

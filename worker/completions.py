@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from router.wire import USAGE_TRAILER_PREFIX
 from worker.engine import Finished, FinishReason
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -56,13 +57,16 @@ def completion(completion_id: str, model: str, content: str, finished: Finished)
 class ChunkWriter:
     """Builds the frames of one streamed completion; every chunk shares id, created and model."""
 
-    __slots__ = ("_created", "_id", "_include_usage", "_model")
+    __slots__ = ("_created", "_id", "_include_usage", "_model", "_usage_trailer")
 
-    def __init__(self, completion_id: str, model: str, *, include_usage: bool) -> None:
+    def __init__(
+        self, completion_id: str, model: str, *, include_usage: bool, usage_trailer: bool = False
+    ) -> None:
         self._id = completion_id
         self._created = int(time.time())
         self._model = model
         self._include_usage = include_usage
+        self._usage_trailer = usage_trailer  # see router.wire.USAGE_TRAILER_HEADER
 
     def _chunk(self, delta: dict[str, str], finish_reason: FinishReason | None = None) -> bytes:
         chunk: dict[str, Any] = {
@@ -100,6 +104,8 @@ class ChunkWriter:
                     "usage": usage(finished),
                 }
             )
+        if self._usage_trailer:
+            frames += USAGE_TRAILER_PREFIX + orjson.dumps(usage(finished)) + b"\n\n"
         return frames + SSE_DONE
 
 

@@ -27,7 +27,7 @@ from router.errors import (
     internal_error_body,
     sse_error_event,
 )
-from router.wire import ChatRequest, parse_chat_request
+from router.wire import USAGE_TRAILER_HEADER, ChatRequest, parse_chat_request
 from worker import keys
 from worker.completions import ChunkWriter, completion, model_object, new_completion_id
 from worker.engine import Finished, SamplingParams
@@ -175,7 +175,10 @@ async def _send_stream(
     rest: AsyncIterator[str | Finished],
 ) -> tuple[web.StreamResponse, Finished | None]:
     chunks = ChunkWriter(
-        new_completion_id(), request.app[keys.CONFIG].model_id, include_usage=chat.include_usage
+        new_completion_id(),
+        request.app[keys.CONFIG].model_id,
+        include_usage=chat.include_usage,
+        usage_trailer=USAGE_TRAILER_HEADER in request.headers,
     )
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)

@@ -71,6 +71,7 @@ def start_router(aiohttp_client: AiohttpClient, redis_server: RedisServer) -> Ro
             "worker_stale_s": 30.0,
             "connect_timeout_s": 1.0,
             "read_timeout_s": 5.0,
+            "auth": False,  # tenancy has its own tests (tests/tenancy_http)
         }
         settings.update(overrides)
         app = create_app(RouterConfig(**settings), policy=LeastLoaded())

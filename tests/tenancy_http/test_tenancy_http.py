@@ -1,0 +1,262 @@
+"""Projects, endpoints and keys over HTTP: the seed's path- and DNS-based URLs, with the openai SDK.
+
+Real processes: redis-server, one fake-engine worker, two router replicas with auth on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import openai
+import pytest
+import redis
+from openai.types.chat import ChatCompletionMessageParam
+from redis.asyncio import Redis as AsyncRedis
+
+from router import tenancy
+from router.registry import now_ms
+from tests.processes import (
+    MODEL_ID,
+    HttpService,
+    RedisServer,
+    http_json,
+    router_process,
+    wait_until,
+    worker_process,
+)
+
+BASE_DOMAIN = "api.localtest"
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
+
+
+@dataclass
+class Tenancy:
+    redis: RedisServer
+    routers: list[HttpService]
+    project_id: str
+    other_project_id: str
+    key: str
+    other_key: str
+
+    def call(self, coro: Any) -> Any:
+        async def run() -> Any:
+            client = AsyncRedis.from_url(self.redis.url)
+            try:
+                return await coro(client)
+            finally:
+                await client.aclose()  # type: ignore[attr-defined]
+
+        return asyncio.run(run())
+
+    def new_key(self, **limits: Any) -> tenancy.NewKey:
+        new: tenancy.NewKey = self.call(
+            lambda r: tenancy.create_key(r, self.project_id, name="t", **limits)
+        )
+        return new
+
+
+def _setup(r: AsyncRedis[Any]) -> Any:
+    async def go() -> tuple[str, str, str, str]:
+        project = await tenancy.create_project(r, "Acme")
+        other = await tenancy.create_project(r, "Other")
+        await tenancy.create_endpoint(r, project.project_id, "chat", [MODEL_ID])
+        await tenancy.create_endpoint(r, project.project_id, "empty", ["not-served"])
+        await tenancy.create_endpoint(r, other.project_id, "chat", [MODEL_ID])
+        key = await tenancy.create_key(r, project.project_id, name="main")
+        other_key = await tenancy.create_key(r, other.project_id, name="other")
+        return project.project_id, other.project_id, key.key, other_key.key
+
+    return go()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenancy]:
+    tmp: Path = tmp_path_factory.mktemp("tenancy")
+    server = RedisServer.create(tmp)
+    server.start()
+    worker = worker_process(tmp, server.url, "fw0", engine="fake")
+    extra = ("--base-domain", BASE_DOMAIN, "--key-cache-ttl-s", "1")
+    routers = [router_process(tmp, server.url, f"r{i}", extra, auth=True) for i in range(2)]
+    procs = [worker, *routers]
+    try:
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.wait_healthy()
+        for router in routers:
+            wait_until(lambda r=router: http_json(r.url + "/health")[1]["models"] == 1, 10, "model")
+        t = Tenancy(server, routers, "", "", "", "")
+        t.project_id, t.other_project_id, t.key, t.other_key = t.call(_setup)
+        yield t
+    finally:
+        for proc in [*procs]:
+            proc.stop()
+        server.stop()
+
+
+def sdk(base_url: str, key: str, **kwargs: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=30, **kwargs)
+
+
+def test_path_based_url_with_the_sdk(stack: Tenancy) -> None:
+    base = f"{stack.routers[0].url}/{stack.project_id}/chat/v1"
+    with sdk(base, stack.key) as c:
+        reply = c.chat.completions.create(model=MODEL_ID, messages=HELLO, max_tokens=4)
+        assert reply.choices[0].finish_reason == "length"
+        assert [m.id for m in c.models.list().data] == [MODEL_ID]
+        assert c.models.retrieve(MODEL_ID).id == MODEL_ID
+    with sdk(f"{stack.routers[0].url}/{stack.project_id}/v1", stack.key) as c:
+        assert [m.id for m in c.models.list().data] == [MODEL_ID]
+
+
+def test_dns_based_url_with_the_sdk(stack: Tenancy) -> None:
+    host = f"chat.{stack.project_id.lower()}.{BASE_DOMAIN}"
+    with sdk(stack.routers[1].url + "/v1", stack.key, default_headers={"Host": host}) as c:
+        reply = c.chat.completions.create(model=MODEL_ID, messages=HELLO, max_tokens=3)
+        assert reply.usage is not None and reply.usage.completion_tokens == 3
+        assert [m.id for m in c.models.list().data] == [MODEL_ID]
+    unknown = f"nope.{stack.project_id.lower()}.{BASE_DOMAIN}"
+    with (
+        sdk(stack.routers[1].url + "/v1", stack.key, default_headers={"Host": unknown}) as c,
+        pytest.raises(openai.NotFoundError),
+    ):
+        c.chat.completions.create(model=MODEL_ID, messages=HELLO)
+
+
+def test_plain_v1_uses_the_keys_project(stack: Tenancy) -> None:
+    with sdk(stack.routers[0].url + "/v1", stack.key) as c:
+        stream = c.chat.completions.create(
+            model=MODEL_ID, messages=HELLO, max_tokens=2, stream=True
+        )
+        assert [ch.choices[0].finish_reason for ch in stream if ch.choices][-1] == "length"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer", "Bearer nope", "Basic abc", "Bearer xero_acme_" + "A" * 43],
+)
+def test_bad_keys_get_401(stack: Tenancy, authorization: str | None) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    resp = httpx.post(
+        f"{stack.routers[0].url}/{stack.project_id}/chat/v1/chat/completions",
+        json={"model": MODEL_ID, "messages": HELLO},
+        headers=headers,
+    )
+    assert resp.status_code == 401
+    assert resp.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_revoked_and_expired_keys_get_401(stack: Tenancy) -> None:
+    revoked = stack.new_key()
+    expiring = stack.new_key(expires_ms=now_ms() + 1_000)
+    stack.call(lambda r: tenancy.revoke_key(r, revoked.record.key_id))
+    time.sleep(1.2)
+    for new in (revoked, expiring):
+        with sdk(stack.routers[0].url + "/v1", new.key) as c:
+            with pytest.raises(openai.AuthenticationError) as err:
+                c.chat.completions.create(model=MODEL_ID, messages=HELLO)
+            assert err.value.code == "invalid_api_key"
+
+
+def test_other_projects_key_sees_404(stack: Tenancy) -> None:
+    with sdk(f"{stack.routers[0].url}/{stack.project_id}/chat/v1", stack.other_key) as c:
+        with pytest.raises(openai.NotFoundError):
+            c.chat.completions.create(model=MODEL_ID, messages=HELLO)
+        with pytest.raises(openai.NotFoundError):
+            c.models.list()
+
+
+def test_endpoint_without_the_model_is_model_not_found(stack: Tenancy) -> None:
+    with sdk(f"{stack.routers[0].url}/{stack.project_id}/empty/v1", stack.key) as c:
+        with pytest.raises(openai.NotFoundError) as err:
+            c.chat.completions.create(model=MODEL_ID, messages=HELLO)
+        assert err.value.code == "model_not_found"
+        assert c.models.list().data == []
+
+
+def test_two_replicas_share_one_request_limit(stack: Tenancy) -> None:
+    limited = stack.new_key(rpm=5)
+    admitted = refused = 0
+    for i in range(12):
+        resp = httpx.post(
+            f"{stack.routers[i % 2].url}/v1/chat/completions",
+            json={"model": MODEL_ID, "messages": HELLO, "max_tokens": 1},
+            headers={"Authorization": f"Bearer {limited.key}"},
+        )
+        if resp.status_code == 200:
+            admitted += 1
+            assert resp.headers["x-ratelimit-limit-requests"] == "5"
+            assert "x-ratelimit-remaining-requests" in resp.headers
+        else:
+            assert resp.status_code == 429
+            assert resp.json()["error"]["code"] == "rate_limit_exceeded"
+            assert int(resp.headers["Retry-After"]) >= 1
+            assert resp.headers["x-ratelimit-remaining-requests"] == "0"
+            assert resp.headers["x-ratelimit-reset-requests"]
+            refused += 1
+    assert admitted == 5
+    assert refused == 7
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tokens_are_charged_after_the_response(stack: Tenancy, stream: bool) -> None:
+    limited = stack.new_key(tpm=20)
+    body = {"model": MODEL_ID, "messages": HELLO, "max_tokens": 16, "stream": stream}
+    headers = {"Authorization": f"Bearer {limited.key}"}
+    url = f"{stack.routers[0].url}/v1/chat/completions"
+    first = httpx.post(url, json=body, headers=headers)
+    assert first.status_code == 200
+    assert b": usage" not in first.content  # the worker's usage trailer never reaches clients
+    if stream:
+        assert first.content.endswith(b"data: [DONE]\n\n")
+    # 5 prompt + 16 completion tokens > 20: the next request waits for the bucket to refill.
+    second = httpx.post(url.replace(stack.routers[0].url, stack.routers[1].url), json=body,
+                        headers=headers)  # fmt: skip
+    assert second.status_code == 429
+    assert second.headers["x-ratelimit-limit-tokens"] == "20"
+
+
+def test_revocation_reaches_every_replica_within_5_s(stack: Tenancy) -> None:
+    new = stack.new_key()
+    for router in stack.routers:  # both replicas cache the key as valid
+        with sdk(router.url + "/v1", new.key) as c:
+            c.chat.completions.create(model=MODEL_ID, messages=HELLO, max_tokens=1)
+    stack.call(lambda r: tenancy.revoke_key(r, new.record.key_id))
+    revoked_at = time.monotonic()
+
+    def refused_everywhere() -> bool:
+        return all(
+            httpx.get(
+                r.url + "/v1/models", headers={"Authorization": f"Bearer {new.key}"}
+            ).status_code
+            == 401
+            for r in stack.routers
+        )
+
+    wait_until(refused_everywhere, 5.0, "every replica to refuse the revoked key")
+    assert time.monotonic() - revoked_at <= 5.0
+
+
+def test_keys_never_in_logs_or_redis(stack: Tenancy) -> None:
+    secret = stack.key.rsplit("_", 1)[1]
+    for router in stack.routers:
+        httpx.get(router.url + "/v1/models", headers={"Authorization": f"Bearer {stack.key}"})
+        assert secret not in router.log()
+    with redis.Redis.from_url(stack.redis.url) as r:
+        for name in r.scan_iter(count=1000):
+            assert secret.encode() not in name
+            kind = r.type(name)  # type: ignore[no-untyped-call]
+            values: list[bytes] = []
+            if kind == b"hash":
+                values = [*r.hgetall(name).keys(), *r.hgetall(name).values()]
+            elif kind == b"string":
+                values = [r.get(name) or b""]
+            elif kind == b"set":
+                values = list(r.smembers(name))
+            assert all(secret.encode() not in v for v in values), name
