@@ -10,6 +10,7 @@ import orjson
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from router.access import OPEN
 from router.errors import (
     ApiError,
     ModelNotFound,
@@ -18,7 +19,7 @@ from router.errors import (
     UnsupportedMediaType,
 )
 from router.keys import ACCESS, CONFIG, METRICS, RELAY, REQUEST_ID, VIEW
-from router.metrics import CANCELLED, OTHER_MODEL
+from router.metrics import CANCELLED, OTHER_MODEL, status_class
 from router.proxy import TokenMeter
 from router.snapshot import RegistryView
 from router.wire import parse_chat_request
@@ -45,6 +46,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     series = metrics.chat_series(OTHER_MODEL, False)
     status = 500
     access = app[ACCESS]
+    scope = OPEN
     try:
         scope = await access.scope(request)  # the key first: 401 before anything else
         content_type = _json_content_type(request)
@@ -91,6 +93,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         series.finish(status, time.perf_counter() - arrived)
+        if scope.project_id is not None:
+            endpoint = scope.endpoint.name if scope.endpoint else ""
+            metrics.project_requests.labels(scope.project_id, endpoint, status_class(status)).inc()
 
 
 def _json_content_type(request: web.Request) -> str:

@@ -4,6 +4,9 @@ Families (label values are bounded: `model` is a model in the registry or "other
 worker id from the registry, the rest are fixed sets):
 
     router_requests_total{endpoint,model,status_class}   status_class: 2xx..5xx, or "cancelled"
+    router_project_requests_total{project,project_endpoint,status_class}
+                                                          chat completions of authenticated
+                                                          callers; ids come from Redis records
     router_request_duration_seconds{model,stream}         chat completions, arrival to last byte
     router_time_to_first_byte_seconds{model,stream}       arrival to the first upstream body chunk
                                                           (for a stream: the first SSE event)
@@ -72,6 +75,10 @@ class ChatSeries:
         self.duration.observe(duration_s)
 
 
+def status_class(status: int) -> str:
+    return _STATUS_CLASSES.get(status // 100, "cancelled") if status else "cancelled"
+
+
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -80,6 +87,12 @@ class RouterMetrics:
             "router_requests",
             "Requests answered, by endpoint, model and status class.",
             ["endpoint", "model", "status_class"],
+            registry=r,
+        )
+        self.project_requests = Counter(
+            "router_project_requests",
+            "Chat completions by project, the endpoint the URL named ('' for none), status class.",
+            ["project", "project_endpoint", "status_class"],
             registry=r,
         )
         self.request_duration = Histogram(

@@ -260,3 +260,15 @@ def test_keys_never_in_logs_or_redis(stack: Tenancy) -> None:
             elif kind == b"set":
                 values = list(r.smembers(name))
             assert all(secret.encode() not in v for v in values), name
+
+
+def test_metrics_carry_project_and_endpoint(stack: Tenancy) -> None:
+    router = stack.routers[0]
+    with sdk(f"{router.url}/{stack.project_id}/chat/v1", stack.key) as c:
+        c.chat.completions.create(model=MODEL_ID, messages=HELLO, max_tokens=1)
+    text = httpx.get(router.url + "/metrics").text
+    line = (
+        f'router_project_requests_total{{project="{stack.project_id}",'
+        f'project_endpoint="chat",status_class="2xx"}}'
+    )
+    assert line in text
