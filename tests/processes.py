@@ -132,6 +132,14 @@ class RedisServer(Process):
         super().start()
         wait_until(self._pong, 10, "redis-server")
 
+    def flush(self) -> None:
+        """Empty it (data, scripts, stats) between tests that share one server."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            for command in (b"FLUSHALL", b"SCRIPT FLUSH", b"CONFIG RESETSTAT"):
+                sock.sendall(command + b"\r\n")
+                if not sock.recv(64).startswith(b"+OK"):
+                    raise RuntimeError(f"redis {command!r} failed")
+
     def _pong(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
             sock.sendall(b"PING\r\n")

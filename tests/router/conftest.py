@@ -7,6 +7,7 @@ its client hangs up) registered in Redis with router.registry.publish_worker, as
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +25,8 @@ from .fakes import MODEL, TTL_MS, FakeWorker, RedisServer, RouterFactory, StartW
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer.create(tmp_path)
     server.start()
     yield server
     server.stop()

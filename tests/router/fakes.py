@@ -1,11 +1,8 @@
-"""Fakes for router tests: a throwaway redis-server, fake workers, records, and waiting."""
+"""Fakes for router tests: fake workers, records, and waiting (redis: tests.processes)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,47 +13,12 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDictProxy
 
 from router.registry import WorkerRecord, WorkerState, now_ms
+from tests.processes import RedisServer, free_port
 
-REDIS_SERVER = "/usr/bin/redis-server"
+__all__ = ["RedisServer", "free_port"]
+
 MODEL = "smollm2-135m"
 TTL_MS = 60_000  # app tests outlive no record; ageing tests use their own short times
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A throwaway redis-server; stop() and start() again on the same port simulate an outage."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self._proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 5
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                return
-            if time.monotonic() > deadline or self._proc.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
 
 
 def make_record(
