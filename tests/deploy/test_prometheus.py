@@ -1,0 +1,76 @@
+"""deploy/prometheus: the alert rules parse, fire where they should, and are the same everywhere."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from deploy import generate
+from deploy.local.render import prometheus_yml
+from deploy.local.spec import load_stack
+from tests.deploy.tools import DEPLOY, need, run
+
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+REQUIRED_ALERTS = {
+    "RouterHighErrorRate",
+    "RouterTTFTHigh",
+    "WorkerQueueBacklog",
+    "NoHealthyWorker",
+    "WorkerFlapping",
+    "RegistryStale",
+}
+
+
+def test_promtool_check_rules() -> None:
+    out = run([need("promtool"), "check", "rules", str(ALERTS)])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_promtool_unit_tests_fire_every_alert() -> None:
+    tests = DEPLOY / "prometheus" / "alerts_test.yml"
+    out = run([need("promtool"), "test", "rules", tests.name], cwd=tests.parent)
+    assert out.returncode == 0, out.stdout + out.stderr
+    tested = set(re.findall(r"alertname: (\w+)", tests.read_text()))
+    alerts = {r["alert"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]}
+    assert alerts >= REQUIRED_ALERTS
+    assert tested == alerts, "every alert has a unit test"
+
+
+def test_every_alert_has_severity_and_text() -> None:
+    for group in yaml.safe_load(ALERTS.read_text())["groups"]:
+        for rule in group["rules"]:
+            assert rule["labels"]["severity"] in ("page", "ticket"), rule["alert"]
+            assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+
+
+def test_generated_files_are_current() -> None:
+    """The dashboard JSON and the PrometheusRule are written by `python3 -m deploy.generate`."""
+    for path, text in generate.outputs().items():
+        assert path.read_text() == text, f"{path} is out of date: run python3 -m deploy.generate"
+
+
+def test_local_prometheus_config_checks(tmp_path: Path) -> None:
+    spec = load_stack(DEPLOY / "local" / "stack.toml")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(prometheus_yml(spec))
+    out = run([need("promtool"), "check", "config", str(config)])
+    assert out.returncode == 0, out.stdout + out.stderr
+    scrape = yaml.safe_load(config.read_text())["scrape_configs"]
+    jobs = {job["job_name"]: job for job in scrape}
+    routers = jobs["router"]["static_configs"]
+    assert [t["targets"] for t in routers] == [[f"127.0.0.1:{p}"] for p in spec.router_ports()]
+    workers = jobs["worker"]["static_configs"]
+    assert len(workers) == spec.total_workers()
+    assert all(set(t["labels"]) == {"worker", "model"} for t in workers)
+
+
+def test_compose_prometheus_config_checks(tmp_path: Path) -> None:
+    """The compose config, with its rule file path pointed at the repository's copy."""
+    text = (DEPLOY / "docker" / "prometheus.yml").read_text()
+    text = text.replace("/etc/prometheus/alerts.yml", str(ALERTS))
+    config = tmp_path / "prometheus.yml"
+    config.write_text(text)
+    out = run([need("promtool"), "check", "config", str(config)])
+    assert out.returncode == 0, out.stdout + out.stderr
