@@ -11,11 +11,17 @@
                                      key list PROJECT_ID
                                      key revoke KEY_ID
                                      key delete KEY_ID
+                                     demo --model MODEL [--model ...] [--project demo]
+                                          [--endpoint chat] [--env-file PATH]
+                                          [--router-url URL] [--base-domain DOMAIN]
 
 --redis-url defaults to $REDIS_URL, then redis://127.0.0.1:6379/0. --json prints one JSON
 document (times in unix ms); otherwise a short human listing. `key create` prints the clear key
-once; nothing else ever shows it. Exit status: 0 done, 1 failed (not found, invalid, Redis
-unreachable), 2 usage error.
+once; Redis keeps only its hash, so nothing can show it again. `demo` is idempotent: it reuses the
+project named `demo` and its endpoint `chat` when they exist (re-creating the endpoint if it lacks
+a requested model), and the key saved in --env-file (mode 0600) while that key still works, else
+it mints one; it prints how to call the plain, path-based and DNS-based URLs. Exit status: 0 done,
+1 failed (not found, invalid, Redis unreachable), 2 usage error.
 """
 
 from __future__ import annotations
@@ -24,20 +30,24 @@ import argparse
 import asyncio
 import os
 import re
+import shlex
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from router import tenancy
-from router.errors import ApiError
+from router.errors import ApiError, AuthenticationFailed
 from router.registry import now_ms
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_ROUTER_URL = "http://127.0.0.1:8080"
 DURATION_RE = re.compile(r"(\d+)([smhd]?)")
 UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -115,6 +125,158 @@ async def _key_delete(redis: Redis[Any], args: argparse.Namespace) -> Result:
     return {"deleted": args.key_id}
 
 
+# --- demo ------------------------------------------------------------------------------------
+
+
+async def _demo(redis: Redis[Any], args: argparse.Namespace) -> Result:
+    """A demo project, endpoint and key, made once: every step reuses what is already there."""
+    projects = [p for p in await tenancy.list_projects(redis) if p.name == args.project.strip()]
+    project = projects[0] if projects else await tenancy.create_project(redis, args.project)
+    endpoint = await tenancy.find_endpoint(redis, project.project_id, args.endpoint)
+    endpoint_status = "existing"
+    if endpoint is None or not all(endpoint.serves(m) for m in args.models):
+        endpoint_status = "created" if endpoint is None else "replaced"  # re-pointed at a model
+        if endpoint is not None:
+            await tenancy.delete_endpoint(redis, project.project_id, args.endpoint)
+        endpoint = await tenancy.create_endpoint(
+            redis, project.project_id, args.endpoint, args.models
+        )
+
+    env_file: Path | None = args.env_file
+    key = await asyncio.to_thread(_saved_key, env_file) if env_file else None
+    record: tenancy.KeyRecord | None = None
+    if key is not None:
+        try:
+            record = await tenancy.authenticate(redis, key)
+        except AuthenticationFailed:  # revoked, expired, deleted, or Redis was emptied
+            record = None
+        if record is not None and record.project_id != project.project_id:
+            record = None
+    key_created = record is None
+    if record is None or key is None:
+        new = await tenancy.create_key(redis, project.project_id, name="demo")
+        key, record = new.key, new.record
+
+    urls = _demo_urls(args.router_url, project.project_id, endpoint.name, args.base_domain)
+    result: dict[str, Any] = {
+        "project_id": project.project_id,
+        "project_name": project.name,
+        "project_created": not projects,
+        "endpoint": endpoint.name,
+        "models": list(endpoint.models),
+        "endpoint_status": endpoint_status,
+        "key": key,
+        "key_id": record.key_id,
+        "key_created": key_created,
+        "env_file": str(env_file) if env_file else None,
+        "base_domain": args.base_domain,
+        **urls,
+    }
+    if env_file:
+        await asyncio.to_thread(_save_env, env_file, result)
+    return result
+
+
+def _demo_urls(
+    router_url: str, project_id: str, endpoint: str, base_domain: str | None
+) -> dict[str, str | None]:
+    parts = urlsplit(router_url.rstrip("/"))
+    root = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    host = f"{endpoint}.{project_id.lower()}.{base_domain}" if base_domain else None
+    port = f":{parts.port}" if parts.port else ""
+    return {
+        "plain_base_url": f"{root}/v1",
+        "path_base_url": f"{root}/{project_id}/{endpoint}/v1",
+        "dns_host": host,
+        "dns_base_url": f"{parts.scheme}://{host}{port}/v1" if host else None,
+    }
+
+
+def _saved_key(path: Path) -> str | None:
+    """DEMO_KEY from an env file written by _save_env, if there is one."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == "DEMO_KEY":
+            words = shlex.split(value)
+            return words[0] if words else None
+    return None
+
+
+def _save_env(path: Path, result: dict[str, Any]) -> None:
+    """A shell-sourceable file, readable by its owner only (it holds the key)."""
+    values = {
+        "DEMO_PROJECT": result["project_id"],
+        "DEMO_ENDPOINT": result["endpoint"],
+        "DEMO_MODEL": result["models"][0],
+        "DEMO_KEY": result["key"],
+        "DEMO_BASE_URL": result["path_base_url"],
+    }
+    text = "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # in case a stale partial file had other permissions
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(partial, path)
+
+
+def render_demo(result: Result) -> str:
+    assert isinstance(result, dict)
+    key, model = result["key"], result["models"][0]
+    auth = f'-H "Authorization: Bearer {key}"'
+    body = (
+        "-H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{model}", "messages": [{{"role": "user", '
+        '"content": "Hello"}]}\''
+    )
+    state = "created" if result["project_created"] else "existing"
+    saved = f" (saved in {result['env_file']})" if result["env_file"] else ""
+    lines = [
+        f"project   {result['project_id']} ({result['project_name']}): {state}",
+        f"endpoint  {result['endpoint']} serving {', '.join(result['models'])}: "
+        f"{result['endpoint_status']}",
+        f"key       {result['key_id']}: {'created' if result['key_created'] else 'reused'}{saved}",
+        f"API key:  {key}",
+    ]
+    if result["key_created"] and not result["env_file"]:
+        lines.append("Store this key now: it is not shown again.")
+    path_url = result["path_base_url"]
+    lines += [
+        "",
+        f"Path-based: base_url={path_url}",
+        f"  curl -s {path_url}/chat/completions {auth} \\",
+        f"    {body}",
+        f"  curl -s {path_url}/models {auth}",
+    ]
+    if result["dns_host"]:
+        plain = result["plain_base_url"]
+        lines += [
+            f"DNS-based:  base_url={result['dns_base_url']}",
+            "  (the router needs --base-domain "
+            f"{result['base_domain']}; where that name does not resolve, send its Host header:)",
+            f'  curl -s {plain}/chat/completions -H "Host: {result["dns_host"]}" {auth} \\',
+            f"    {body}",
+        ]
+    else:
+        lines.append(
+            "DNS-based:  start the router with --base-domain DOMAIN and pass the same "
+            "--base-domain here for its URL"
+        )
+    lines += [
+        f"Plain:      base_url={result['plain_base_url']} (the key names the project)",
+        "Python:",
+        f"  client = openai.OpenAI(base_url={path_url!r}, api_key={key!r})",
+        f"  client.chat.completions.create(model={model!r}, "
+        "messages=[{'role': 'user', 'content': 'Hello'}])",
+    ]
+    return "\n".join(lines)
+
+
 # --- parsing ---------------------------------------------------------------------------------
 
 
@@ -174,6 +336,26 @@ def build_parser() -> argparse.ArgumentParser:
     action(key, "list", _key_list, "list a project's keys").add_argument("project_id")
     action(key, "revoke", _key_revoke, "revoke a key").add_argument("key_id")
     action(key, "delete", _key_delete, "delete a key").add_argument("key_id")
+
+    sub = action(groups, "demo", _demo, "make (once) a demo project, endpoint and key")
+    sub.set_defaults(render=render_demo)
+    sub.add_argument(
+        "--model", dest="models", action="append", required=True, help="a model it serves"
+    )
+    sub.add_argument("--project", default="demo", help="project name (default: demo)")
+    sub.add_argument("--endpoint", default="chat", help="endpoint name (default: chat)")
+    sub.add_argument(
+        "--env-file", type=Path, help="where the key is kept (mode 0600) and reused from"
+    )
+    sub.add_argument(
+        "--router-url", default=DEFAULT_ROUTER_URL, help=f"for the examples ({DEFAULT_ROUTER_URL})"
+    )
+    sub.add_argument(
+        "--base-domain",
+        type=lambda text: text.strip().strip(".").lower() or None,
+        default=os.environ.get("ROUTER_BASE_DOMAIN") or None,
+        help="the router's --base-domain, for the DNS-based example (env ROUTER_BASE_DOMAIN)",
+    )
     return parser
 
 
@@ -223,11 +405,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RedisError as exc:
         print(f"error: Redis: {exc}", file=sys.stderr)
         return 1
+    render: Callable[[Result], str] = getattr(args, "render", render_text)
     if args.json:
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     else:
-        print(render_text(result))
-    if isinstance(result, dict) and "key" in result:
+        print(render(result))
+    if render is render_text and isinstance(result, dict) and "key" in result:
         if not args.json:
             print(f"key: {result['key']}")
         print("Store this key now: it is not shown again.", file=sys.stderr)

@@ -1,4 +1,12 @@
-"""Choosing a worker by load. Pure: imports neither aiohttp nor redis.
+"""Choosing a worker: the balancing policies. Pure: imports neither aiohttp nor redis.
+
+A policy picks among the candidates it is given; the caller (router.admission) passes only
+workers that have room (this replica's in-flight below the worker's slots, breaker closed), so a
+policy never has to know about capacity. Three policies, selected by `--policy`:
+
+    least-loaded  the lowest estimated load (below), ties at random (the default)
+    round-robin   each candidate in turn
+    random        uniformly at random
 
 A worker's load, as this replica estimates it, is what the worker last reported (running +
 waiting) plus the requests this replica started since that report, minus those it finished since
@@ -19,17 +27,34 @@ FAILED_PENALTY: Final = 1_000_000
 
 
 class WorkerLoad:
-    """Load counters of one worker, mutated by the dispatcher; never negative."""
+    """Load counters of one worker, mutated by the dispatcher; never negative.
 
-    __slots__ = ("_finished", "_penalty", "_reported", "_started", "in_flight", "worker_id")
+    `slots` is how many requests the worker runs at once (its registry record says); this
+    replica admits at most that many to it (`has_room`).
+    """
 
-    def __init__(self, worker_id: str, reported: int = 0) -> None:
+    __slots__ = (
+        "_finished",
+        "_penalty",
+        "_reported",
+        "_started",
+        "in_flight",
+        "slots",
+        "worker_id",
+    )
+
+    def __init__(self, worker_id: str, reported: int = 0, slots: int = 1) -> None:
         self.worker_id = worker_id
+        self.slots = max(1, slots)
         self._reported = max(0, reported)
         self._started = 0
         self._finished = 0
         self._penalty = 0
         self.in_flight = 0
+
+    @property
+    def has_room(self) -> bool:
+        return self.in_flight < self.slots
 
     @property
     def load(self) -> int:
@@ -57,6 +82,7 @@ class WorkerLoad:
 
 
 L = TypeVar("L", bound=WorkerLoad)
+POLICIES: Final = ("least-loaded", "round-robin", "random")
 
 
 class RandomSource(Protocol):
@@ -94,3 +120,52 @@ class LeastLoaded:
                 if self._rng.random() * ties < 1.0:
                     best = candidate
         return best
+
+
+class RoundRobin:
+    """Each candidate in turn: a rotating index over whatever candidates are given."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def choose(self, candidates: Sequence[L], exclude: Container[str] = ()) -> L | None:
+        n = len(candidates)
+        for i in range(n):
+            candidate = candidates[(self._next + i) % n]
+            if candidate.worker_id not in exclude:
+                self._next = (self._next + i + 1) % n
+                return candidate
+        return None
+
+
+class Uniform:
+    """A candidate uniformly at random, whatever its load."""
+
+    __slots__ = ("_rng",)
+
+    def __init__(self, rng: RandomSource | None = None) -> None:
+        self._rng = rng if rng is not None else random.Random()
+
+    def choose(self, candidates: Sequence[L], exclude: Container[str] = ()) -> L | None:
+        best: L | None = None
+        seen = 0
+        for candidate in candidates:
+            if candidate.worker_id in exclude:
+                continue
+            seen += 1
+            if self._rng.random() * seen < 1.0:  # reservoir sampling, as above
+                best = candidate
+        return best
+
+
+def make_policy(name: str, rng: RandomSource | None = None) -> Policy:
+    """The policy `--policy` names; ValueError for any other name."""
+    if name == "least-loaded":
+        return LeastLoaded(rng)
+    if name == "round-robin":
+        return RoundRobin()
+    if name == "random":
+        return Uniform(rng)
+    raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {name!r}")

@@ -27,9 +27,11 @@ from router.wire import parse_chat_request
 JSON: Final = "application/json"
 NO_WORKER_RETRY_AFTER_S: Final = 1.0
 OWNED_BY: Final = "xerotier"
+NO_PROJECT: Final = "none"  # the project label of requests without a known project
 # Refusals before any worker is involved, by status; 502/504 are upstream errors, not these.
 _REJECTION_REASONS: Final = {
     400: "invalid_request",
+    401: "invalid_api_key",
     404: "model_not_found",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -93,9 +95,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         series.finish(status, time.perf_counter() - arrived)
-        if scope.project_id is not None:
-            endpoint = scope.endpoint.name if scope.endpoint else ""
-            metrics.project_requests.labels(scope.project_id, endpoint, status_class(status)).inc()
+        # Ids from Redis records, never from input: "none" when auth is off or the key was bad.
+        project = scope.project_id or NO_PROJECT
+        endpoint = scope.endpoint.name if scope.endpoint else ""
+        metrics.project_requests.labels(project, endpoint, status_class(status)).inc()
 
 
 def _json_content_type(request: web.Request) -> str:

@@ -5,8 +5,9 @@ worker id from the registry, the rest are fixed sets):
 
     router_requests_total{endpoint,model,status_class}   status_class: 2xx..5xx, or "cancelled"
     router_project_requests_total{project,project_endpoint,status_class}
-                                                          chat completions of authenticated
-                                                          callers; ids come from Redis records
+                                                          chat completions; ids come from
+                                                          Redis records, project "none" when
+                                                          auth is off or the key was refused
     router_request_duration_seconds{model,stream}         chat completions, arrival to last byte
     router_time_to_first_byte_seconds{model,stream}       arrival to the first upstream body chunk
                                                           (for a stream: the first SSE event)

@@ -22,7 +22,6 @@ signalled), in this order:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import signal
@@ -31,9 +30,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-from redis.asyncio import Redis
 
 from deploy.local.processes import (
     MANIFEST,
@@ -210,26 +206,34 @@ def up(spec: StackSpec, run_dir: Path, stack_file: Path) -> None:
 
 
 def _demo_tenant(spec: StackSpec, run_dir: Path) -> None:
-    """A demo project, endpoint `chat` serving the first model, and a key (run/demo.env).
+    """A demo project, endpoint `chat` serving the first model, and a key, in run/demo.env.
 
-    Redis keeps no data here, so every `up` makes a fresh one; the key is shown once below.
+    `router admin demo` does the work (and reuses what still exists); its output, which holds
+    the key, is kept out of the log: `up` prints the key once in its summary.
     """
-    from router import tenancy  # the project's own schema, not a copy of it
-
-    async def make() -> tuple[str, str]:
-        redis: Redis[Any] = Redis.from_url(spec.redis_url)
-        try:
-            project = await tenancy.create_project(redis, "demo")
-            await tenancy.create_endpoint(redis, project.project_id, "chat", [spec.models[0].id])
-            key = await tenancy.create_key(redis, project.project_id, name="demo")
-            return project.project_id, key.key
-        finally:
-            await redis.aclose()  # type: ignore[attr-defined]  # types-redis predates it
-
-    project_id, key = asyncio.run(make())
-    demo = run_dir / "demo.env"
-    demo.write_text(f"DEMO_PROJECT={project_id}\nDEMO_KEY={key}\n")
-    demo.chmod(0o600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "router",
+            "admin",
+            "--redis-url",
+            spec.redis_url,
+            "--json",
+            "demo",
+            "--model",
+            spec.models[0].id,
+            "--env-file",
+            str(run_dir / "demo.env"),
+            "--router-url",
+            f"http://127.0.0.1:{spec.nginx_port}",
+            "--base-domain",
+            "api.localtest",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def start(service: Service, run_dir: Path) -> None:

@@ -1,13 +1,18 @@
 """Projects, endpoints and keys over HTTP: the seed's path- and DNS-based URLs, with the openai SDK.
 
-Real processes: redis-server, one fake-engine worker, two router replicas with auth on.
+Real processes: redis-server, one fake-engine worker, two router replicas with auth on (one
+logging at DEBUG, access log included, so the check that keys never reach a log means something).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import stat
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from redis.asyncio import Redis as AsyncRedis
 
 from router import tenancy
+from router.admin import main as admin_main
 from router.registry import now_ms
 from tests.processes import (
     MODEL_ID,
@@ -82,7 +88,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenancy]:
     server.start()
     worker = worker_process(tmp, server.url, "fw0", engine="fake")
     extra = ("--base-domain", BASE_DOMAIN, "--key-cache-ttl-s", "1")
-    routers = [router_process(tmp, server.url, f"r{i}", extra, auth=True) for i in range(2)]
+    levels = [("--log-level", "INFO"), ("--log-level", "DEBUG")]
+    routers = [
+        router_process(tmp, server.url, f"r{i}", (*extra, *levels[i]), auth=True) for i in range(2)
+    ]
     procs = [worker, *routers]
     try:
         for proc in procs:
@@ -121,12 +130,31 @@ def test_dns_based_url_with_the_sdk(stack: Tenancy) -> None:
         reply = c.chat.completions.create(model=MODEL_ID, messages=HELLO, max_tokens=3)
         assert reply.usage is not None and reply.usage.completion_tokens == 3
         assert [m.id for m in c.models.list().data] == [MODEL_ID]
+        assert c.models.retrieve(MODEL_ID).id == MODEL_ID
     unknown = f"nope.{stack.project_id.lower()}.{BASE_DOMAIN}"
     with (
         sdk(stack.routers[1].url + "/v1", stack.key, default_headers={"Host": unknown}) as c,
         pytest.raises(openai.NotFoundError),
     ):
         c.chat.completions.create(model=MODEL_ID, messages=HELLO)
+    # Another project's key on this project's host: as if the host did not exist.
+    with sdk(stack.routers[1].url + "/v1", stack.other_key, default_headers={"Host": host}) as c:
+        with pytest.raises(openai.NotFoundError):
+            c.chat.completions.create(model=MODEL_ID, messages=HELLO)
+        with pytest.raises(openai.NotFoundError):
+            c.models.retrieve(MODEL_ID)
+
+
+def test_hosts_outside_the_base_domain_route_plainly(stack: Tenancy) -> None:
+    for host in ("router.internal:8080", BASE_DOMAIN, "chat.proj_nope.elsewhere.test"):
+        with sdk(stack.routers[0].url + "/v1", stack.key, default_headers={"Host": host}) as c:
+            reply = c.chat.completions.create(model=MODEL_ID, messages=HELLO, max_tokens=1)
+            assert reply.choices[0].finish_reason == "length"
+    resp = httpx.get(
+        stack.routers[0].url + "/v1/models",
+        headers={"Host": f"chat.proj_nope.{BASE_DOMAIN}", "Authorization": f"Bearer {stack.key}"},
+    )
+    assert resp.status_code == 404
 
 
 def test_plain_v1_uses_the_keys_project(stack: Tenancy) -> None:
@@ -177,18 +205,49 @@ def test_endpoint_without_the_model_is_model_not_found(stack: Tenancy) -> None:
         with pytest.raises(openai.NotFoundError) as err:
             c.chat.completions.create(model=MODEL_ID, messages=HELLO)
         assert err.value.code == "model_not_found"
-        assert c.models.list().data == []
+        assert c.models.list().data == []  # "not-served" has no live worker, MODEL_ID is not its
+        with pytest.raises(openai.NotFoundError):
+            c.models.retrieve(MODEL_ID)
+    with (
+        sdk(f"{stack.routers[0].url}/{stack.project_id}/nope/v1", stack.key) as c,
+        pytest.raises(openai.NotFoundError),
+    ):
+        c.models.list()
+
+
+def test_model_lists_show_only_what_the_project_can_use(stack: Tenancy) -> None:
+    async def bare(r: AsyncRedis[Any]) -> str:
+        project = await tenancy.create_project(r, "Bare")
+        return (await tenancy.create_key(r, project.project_id)).key
+
+    bare_key: str = stack.call(bare)  # a project without endpoints
+    for router in stack.routers:
+        with sdk(router.url + "/v1", bare_key) as c:
+            assert c.models.list().data == []
+            with pytest.raises(openai.NotFoundError):
+                c.models.retrieve(MODEL_ID)
+            with pytest.raises(openai.NotFoundError) as err:
+                c.chat.completions.create(model=MODEL_ID, messages=HELLO)
+            assert err.value.code == "model_not_found"
+        with sdk(router.url + "/v1", stack.key) as c:
+            assert [m.id for m in c.models.list().data] == [MODEL_ID]
 
 
 def test_two_replicas_share_one_request_limit(stack: Tenancy) -> None:
     limited = stack.new_key(rpm=5)
-    admitted = refused = 0
-    for i in range(12):
-        resp = httpx.post(
+
+    def post(i: int) -> httpx.Response:
+        return httpx.post(
             f"{stack.routers[i % 2].url}/v1/chat/completions",
             json={"model": MODEL_ID, "messages": HELLO, "max_tokens": 1},
             headers={"Authorization": f"Bearer {limited.key}"},
+            timeout=30,
         )
+
+    with ThreadPoolExecutor(12) as pool:  # all at once, half on each replica
+        responses = list(pool.map(post, range(12)))
+    admitted = refused = 0
+    for resp in responses:
         if resp.status_code == 200:
             admitted += 1
             assert resp.headers["x-ratelimit-limit-requests"] == "5"
@@ -244,7 +303,8 @@ def test_revocation_reaches_every_replica_within_5_s(stack: Tenancy) -> None:
 
 
 def test_keys_never_in_logs_or_redis(stack: Tenancy) -> None:
-    secret = stack.key.rsplit("_", 1)[1]
+    secret = stack.key.split("_", 2)[2]  # xero_<slug>_<secret>; the secret may hold "_"
+    assert len(secret) >= 32
     for router in stack.routers:
         httpx.get(router.url + "/v1/models", headers={"Authorization": f"Bearer {stack.key}"})
         assert secret not in router.log()
@@ -272,3 +332,50 @@ def test_metrics_carry_project_and_endpoint(stack: Tenancy) -> None:
         f'project_endpoint="chat",status_class="2xx"}}'
     )
     assert line in text
+
+
+def test_admin_demo_is_idempotent_and_its_urls_work(
+    stack: Tenancy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    router = stack.routers[0]
+    env_file = tmp_path / "run" / "demo.env"
+    argv = ["--redis-url", stack.redis.url, "demo", "--model", MODEL_ID, "--env-file",
+            str(env_file), "--router-url", router.url, "--base-domain", BASE_DOMAIN]  # fmt: skip
+    assert admin_main([*argv, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (first["project_created"], first["endpoint_status"], first["key_created"]) == (
+        True, "created", True,
+    )  # fmt: skip
+    assert stat.S_IMODE(os.stat(env_file).st_mode) == 0o600
+    assert f"DEMO_KEY={first['key']}" in env_file.read_text()
+
+    assert admin_main(argv) == 0  # again: the same project, endpoint and key
+    text = capsys.readouterr().out
+    assert f"{first['key_id']}: reused" in text and first["key"] in text
+    assert f"base_url={first['path_base_url']}" in text
+    assert f"Host: {first['dns_host']}" in text
+    assert admin_main([*argv, "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["project_created"], again["endpoint_status"], again["key_created"]) == (
+        False, "existing", False,
+    )  # fmt: skip
+    assert {k: again[k] for k in ("project_id", "key", "key_id")} == {
+        k: first[k] for k in ("project_id", "key", "key_id")
+    }
+
+    key = first["key"]
+    assert first["path_base_url"] == f"{router.url}/{first['project_id']}/chat/v1"
+    with sdk(first["path_base_url"], key) as c:
+        c.chat.completions.create(model=MODEL_ID, messages=HELLO, max_tokens=1)
+    with sdk(first["plain_base_url"], key, default_headers={"Host": first["dns_host"]}) as c:
+        c.chat.completions.create(model=MODEL_ID, messages=HELLO, max_tokens=1)
+    with sdk(first["plain_base_url"], key) as c:
+        assert [m.id for m in c.models.list().data] == [MODEL_ID]
+
+    # A revoked saved key is replaced, not reused.
+    stack.call(lambda r: tenancy.revoke_key(r, first["key_id"]))
+    assert admin_main([*argv, "--json"]) == 0
+    third = json.loads(capsys.readouterr().out)
+    assert third["key_created"] and third["key"] != key
+    assert third["project_id"] == first["project_id"]
+    assert f"DEMO_KEY={third['key']}" in env_file.read_text()

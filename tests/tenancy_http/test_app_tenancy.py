@@ -1,0 +1,179 @@
+"""Tenancy in the app, in-process: --auth off routing, Redis failures, project metrics.
+
+A real redis-server per test (one test stops it by PID), a fake worker (a real aiohttp server,
+tests/router/fakes.py) registered as a worker would, and the router app on a test server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+from redis.asyncio import Redis
+
+from router import tenancy
+from router.app import create_app
+from router.config import RouterConfig
+from router.keys import METRICS, VIEW
+from router.registry import publish_worker
+from tests.router.fakes import MODEL, TTL_MS, FakeWorker, RedisServer, eventually, make_record
+
+BASE_DOMAIN = "api.localtest"
+Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer.create(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis[bytes]]:
+    client: Redis[bytes] = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()  # type: ignore[attr-defined]  # types-redis predates it
+
+
+@pytest.fixture
+def start(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    redis_server: RedisServer,
+    redis: Redis[bytes],
+) -> Callable[..., Awaitable[Client]]:
+    """One fake worker serving MODEL, then a router app that sees it."""
+
+    async def go(**overrides: Any) -> Client:
+        worker = FakeWorker("w1")
+        server = await aiohttp_server(worker.app())
+        worker.url = str(server.make_url("")).rstrip("/")
+        await publish_worker(redis, make_record("w1", worker.url), TTL_MS)
+        settings: dict[str, Any] = {
+            "redis_url": redis_server.url,
+            "registry_refresh_s": 0.2,
+            "worker_stale_s": 30.0,
+            "connect_timeout_s": 1.0,
+            "read_timeout_s": 5.0,
+            "base_domain": BASE_DOMAIN,
+            **overrides,
+        }
+        client = await aiohttp_client(create_app(RouterConfig(**settings)))
+        app = client.app
+        assert app is not None
+        await eventually(lambda: bool(app[VIEW].candidates(MODEL)))
+        return client
+
+    return go
+
+
+async def post(client: Client, path: str, headers: dict[str, str] | None = None) -> Any:
+    """A chat completion for MODEL."""
+    body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    return await client.post(
+        path, data=body, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+
+
+async def error_code(resp: Any) -> str:
+    body = orjson.loads(await resp.read())
+    return str(body["error"]["code"])
+
+
+def project_count(client: Client, project: str, endpoint: str, status_class: str) -> float:
+    assert client.app is not None
+    value = client.app[METRICS].registry.get_sample_value(
+        "router_project_requests_total",
+        {"project": project, "project_endpoint": endpoint, "status_class": status_class},
+    )
+    return 0.0 if value is None else value
+
+
+async def test_auth_off_still_resolves_projects_and_endpoints(
+    start: Callable[..., Awaitable[Client]], redis: Redis[bytes]
+) -> None:
+    project = await tenancy.create_project(redis, "Dev")
+    pid = project.project_id
+    await tenancy.create_endpoint(redis, pid, "chat", [MODEL])
+    await tenancy.create_endpoint(redis, pid, "other", ["not-served"])
+    client = await start(auth=False)
+
+    # No key needed anywhere; plain /v1 routes as ever.
+    assert (await post(client, "/v1/chat/completions")).status == 200
+    resp = await client.get("/v1/models")
+    assert [m["id"] for m in orjson.loads(await resp.read())["data"]] == [MODEL]
+    assert project_count(client, "none", "", "2xx") == 1
+
+    # Path-based: the endpoint's models only.
+    assert (await post(client, f"/{pid}/chat/v1/chat/completions")).status == 200
+    assert project_count(client, pid, "chat", "2xx") == 1
+    resp = await post(client, f"/{pid}/other/v1/chat/completions")
+    assert (resp.status, await error_code(resp)) == (404, "model_not_found")
+    resp = await client.get(f"/{pid}/other/v1/models")
+    assert orjson.loads(await resp.read())["data"] == []
+    assert (await client.get(f"/{pid}/chat/v1/models/{MODEL}")).status == 200
+    assert (await client.get(f"/{pid}/v1/models/{MODEL}")).status == 200
+    assert (await client.get(f"/{pid}/nope/v1/models")).status == 404
+    assert (await client.get("/proj_NOPE/v1/models")).status == 404
+    assert (await post(client, "/proj_NOPE/v1/chat/completions")).status == 404
+
+    # DNS-based, and a Host under the base domain that names nothing.
+    host = {"Host": f"chat.{pid.lower()}.{BASE_DOMAIN}:8080"}
+    assert (await post(client, "/v1/chat/completions", host)).status == 200
+    resp = await client.get("/v1/models", headers={"Host": f"other.{pid.lower()}.{BASE_DOMAIN}"})
+    assert orjson.loads(await resp.read())["data"] == []
+    resp = await client.get("/v1/models", headers={"Host": f"x.y.z.{BASE_DOMAIN}"})
+    assert resp.status == 404
+    assert project_count(client, pid, "chat", "2xx") == 2
+    assert project_count(client, "none", "", "4xx") == 1  # proj_NOPE: no label from input
+
+
+async def test_redis_failures_are_503_not_500(
+    start: Callable[..., Awaitable[Client]], redis: Redis[bytes], redis_server: RedisServer
+) -> None:
+    project = await tenancy.create_project(redis, "Acme")
+    await tenancy.create_endpoint(redis, project.project_id, "chat", [MODEL])
+    limited = await tenancy.create_key(redis, project.project_id, rpm=100)
+    unknown = "xero_acme_" + "A" * 43  # well formed: only Redis can say it is unknown
+    client = await start(auth=True, key_cache_ttl_s=5.0)
+
+    def bearer(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    resp = await post(client, "/v1/chat/completions", bearer(limited.key))
+    assert resp.status == 200  # the key is cached now
+    assert resp.headers["x-ratelimit-limit-requests"] == "100"
+    assert project_count(client, project.project_id, "", "2xx") == 1
+
+    redis_server.stop()
+    # The cached key passes, but its rate limit needs Redis.
+    resp = await post(client, "/v1/chat/completions", bearer(limited.key))
+    assert (resp.status, await error_code(resp)) == (503, "service_unavailable")
+    assert int(resp.headers["Retry-After"]) >= 1
+    # An uncached key needs Redis to be looked up.
+    for path in ("/v1/chat/completions", f"/{project.project_id}/chat/v1/chat/completions"):
+        resp = await post(client, path, bearer(unknown))
+        assert (resp.status, await error_code(resp)) == (503, "service_unavailable")
+    resp = await client.get("/v1/models", headers=bearer(unknown))
+    assert resp.status == 503
+    # A malformed or missing key is refused without asking Redis.
+    resp = await post(client, "/v1/chat/completions", bearer("nope"))
+    assert (resp.status, await error_code(resp)) == (401, "invalid_api_key")
+    resp = await post(client, "/v1/chat/completions")
+    assert (resp.status, await error_code(resp)) == (401, "invalid_api_key")
+    assert project_count(client, "none", "", "4xx") == 2
+    assert project_count(client, "none", "", "5xx") == 2  # unknown keys
+    assert project_count(client, project.project_id, "", "5xx") == 1  # the limited key
+    assert client.app is not None
+    rejections = client.app[METRICS].registry.get_sample_value(
+        "router_rejections_total", {"reason": "invalid_api_key"}
+    )
+    assert rejections == 2
