@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import sys
 import time
 from collections import Counter
@@ -33,6 +32,8 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+
+from benchmarks.metrics import percentile as percentile  # re-exported
 
 DEFAULT_PROMPT = "Say something short."
 
@@ -85,17 +86,6 @@ class RequestTiming:
     e2e_s: float
     chunks: int = 0  # SSE data events before [DONE] (0 for plain requests)
     error: str | None = None  # exception class name, "sse_error" or "no_done"
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), q in [0, 100]; NaN when empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def describe(values: Sequence[float]) -> dict[str, float]:

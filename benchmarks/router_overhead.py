@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import platform
 import resource
 import shlex
 import shutil
@@ -55,10 +54,18 @@ from benchmarks.loadgen import (
     LoadSpec,
     describe,
     merge,
-    percentile,
     run_in_new_loop,
 )
-from benchmarks.stack import Stack, StackConfig, cpu_seconds, host_busy_seconds, set_affinity
+from benchmarks.meta import git_revision, machine_info
+from benchmarks.metrics import percentile
+from benchmarks.stack import (
+    Stack,
+    StackConfig,
+    cpu_percent,
+    cpu_seconds,
+    host_busy_seconds,
+    set_affinity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -430,17 +437,6 @@ def cpu_snapshot(stack: Stack) -> dict[str, float]:
     }
 
 
-def cpu_percent(
-    before: dict[str, float], after: dict[str, float], wall_s: float
-) -> dict[str, float]:
-    """Percent of one core over `wall_s`; `other` is what processes outside the benchmark used
-    (other people's jobs on a shared machine), the noise to watch."""
-    pct = {k: (after[k] - before[k]) / wall_s * 100 for k in before}
-    ours = sum(v for k, v in pct.items() if k != "machine")
-    pct["other"] = max(0.0, pct["machine"] - ours)
-    return pct
-
-
 def client_detail(client: str) -> str:
     if client == "wrk":
         try:
@@ -485,48 +481,6 @@ async def run(params: Params) -> dict[str, Any]:
         "throughput": rps,
         "elapsed_s": {"latency": latency_s, "rps": rps_s},
     }
-
-
-def machine_info() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "loadavg_start": list(os.getloadavg()),
-    }
-
-
-def git_revision() -> dict[str, str | bool]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-
-    try:
-        head = git("rev-parse", "HEAD")
-        dirty = bool(
-            git(
-                "status",
-                "--porcelain",
-                "--untracked-files=no",
-                "--",
-                "router",
-                "worker",
-                "benchmarks",
-            )
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {"revision": "unknown", "head": "unknown", "dirty": True}
-    return {"revision": "uncommitted" if dirty else head, "head": head, "dirty": dirty}
 
 
 def render_markdown(report: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""Start and stop a local stack for benchmarks: redis-server, fake-engine workers, one router.
+"""Start and stop a local stack for benchmarks: redis-server, workers, one or more routers.
 
 Everything listens on 127.0.0.1 on free ports, logs to files in one folder, and is stopped by PID
 (SIGTERM, then SIGKILL after a bound) when the `Stack` context exits, whatever happened. Every
@@ -7,7 +7,11 @@ wait polls with a deadline and fails early, with the log tail, if the process ha
     async with Stack(StackConfig(workers=2)) as stack:
         stack.router_url, stack.worker_urls, stack.redis_url
 
-Readiness: redis answers PING; each worker's record is in the registry (router.registry); the
+Workers run the fake engine unless `engine` says otherwise (`llama` with a `model_path`);
+`per_worker_args` gives worker i extra CLI arguments (e.g. a slower fake token rate), appended
+last so they win. `routers` replicas share the one Redis.
+
+Readiness: redis answers PING; each worker's record is in the registry (router.registry); every
 router's GET /v1/models lists the model.
 """
 
@@ -24,7 +28,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +53,10 @@ class StackError(RuntimeError):
 class StackConfig:
     model_id: str = "bench-model"
     workers: int = 1
+    routers: int = 1
+    engine: str = "fake"  # fake | llama | batched (the worker's --engine)
+    model_path: str | None = None  # the real engines' GGUF (or pkg:<package>/<file>)
+    n_threads: int | None = None  # the real engines' CPU threads
     fake_ttft_ms: float = 0.0
     fake_tokens_per_s: float = 0.0  # 0: no delay between tokens
     slots: int | None = None  # None: the worker's default
@@ -60,10 +68,17 @@ class StackConfig:
     python: str = sys.executable
     worker_args: tuple[str, ...] = ()  # extra worker CLI arguments
     router_args: tuple[str, ...] = ()  # extra router CLI arguments
+    per_worker_args: tuple[tuple[str, ...], ...] = ()  # worker i's own extra arguments
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.routers < 1:
+            raise ValueError(f"routers must be >= 1, got {self.routers}")
+        if self.engine != "fake" and self.model_path is None:
+            raise ValueError(f"engine {self.engine!r} needs a model_path")
+        if len(self.per_worker_args) > self.workers:
+            raise ValueError("per_worker_args has more entries than workers")
         if self.start_timeout_s <= 0 or self.stop_timeout_s <= 0:
             raise ValueError("timeouts must be > 0")
 
@@ -120,6 +135,18 @@ def host_busy_seconds() -> float:
     return (user + nice + system + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_percent(
+    before: Mapping[str, float], after: Mapping[str, float], wall_s: float
+) -> dict[str, float]:
+    """Percent of one core over `wall_s` for each CPU-seconds counter, from two snapshots whose
+    `machine` key is `host_busy_seconds()`; `other` is what processes outside the benchmark used
+    (other people's jobs on a shared machine), the noise to watch."""
+    pct = {k: (after[k] - before[k]) / wall_s * 100 for k in before}
+    ours = sum(v for k, v in pct.items() if k != "machine")
+    pct["other"] = max(0.0, pct["machine"] - ours)
+    return pct
+
+
 def set_affinity(pid: int, cpus: set[int]) -> None:
     """Pin every thread of a process to `cpus` (threads started later inherit it)."""
     try:
@@ -140,11 +167,12 @@ def _child_env() -> dict[str, str]:
 
 @dataclass(slots=True)
 class Stack:
-    """redis-server + `config.workers` fake workers + one router; an async context manager."""
+    """redis-server + `config.workers` workers + `config.routers` routers; an async context
+    manager."""
 
     config: StackConfig
     redis: Proc | None = None
-    router: Proc | None = None
+    routers: list[Proc] = field(default_factory=list)
     workers: list[Proc] = field(default_factory=list)
     log_dir: Path = field(init=False)
     _own_log_dir: bool = field(init=False, default=False)
@@ -164,10 +192,19 @@ class Stack:
         return f"redis://{HOST}:{self.redis.port}/0"
 
     @property
+    def router(self) -> Proc | None:
+        """The first router (the only one unless `config.routers` > 1)."""
+        return self.routers[0] if self.routers else None
+
+    @property
     def router_url(self) -> str:
         if self.router is None:
             raise StackError("the router is not running")
         return self.router.url
+
+    @property
+    def router_urls(self) -> list[str]:
+        return [r.url for r in self.routers]
 
     @property
     def worker_urls(self) -> list[str]:
@@ -175,7 +212,7 @@ class Stack:
 
     @property
     def procs(self) -> list[Proc]:
-        return [p for p in (self.redis, *self.workers, self.router) if p is not None]
+        return [p for p in (self.redis, *self.workers, *self.routers) if p is not None]
 
     async def __aenter__(self) -> Stack:
         try:
@@ -191,7 +228,8 @@ class Stack:
     async def start(self) -> None:
         await self.start_redis()
         await self.add_workers(self.config.workers)
-        await self.start_router()
+        for _ in range(self.config.routers):
+            await self.start_router()
 
     async def start_redis(self) -> None:
         if shutil.which(self.config.redis_server) is None:
@@ -212,31 +250,46 @@ class Stack:
         started: list[Proc] = []
         for _ in range(count):
             port = free_port()
-            args = [
-                self.config.python, "-m", "worker",
-                "--model-id", self.config.model_id,
-                "--redis-url", self.redis_url,
-                "--host", HOST,
-                "--port", str(port),
-                "--engine", "fake",
-                "--fake-ttft-ms", _num(self.config.fake_ttft_ms),
-                "--fake-tokens-per-s", _num(self.config.fake_tokens_per_s),
-            ]  # fmt: skip
-            if self.config.slots is not None:
-                args += ["--slots", str(self.config.slots)]
-            if self.config.max_queue is not None:
-                args += ["--max-queue", str(self.config.max_queue)]
-            args += self.config.worker_args
-            proc = await self._spawn(f"worker{len(self.workers)}", args, port)
+            index = len(self.workers)
+            proc = await self._spawn(f"worker{index}", self._worker_args(index, port), port)
             self.workers.append(proc)
             started.append(proc)
         for proc in started:
             await self._wait(proc, "registration", functools.partial(self._registered, proc))
-        if started and self.router is not None:
-            await self._wait(self.router, "all workers", self._router_sees_workers)
+        for router in self.routers if started else []:
+            await self._wait(
+                router, "all workers", functools.partial(self._router_sees_workers, router)
+            )
         return started
 
-    async def start_router(self) -> None:
+    def _worker_args(self, index: int, port: int) -> list[str]:
+        c = self.config
+        args = [
+            c.python, "-m", "worker",
+            "--model-id", c.model_id,
+            "--redis-url", self.redis_url,
+            "--host", HOST,
+            "--port", str(port),
+            "--engine", c.engine,
+        ]  # fmt: skip
+        if c.engine == "fake":
+            args += ["--fake-ttft-ms", _num(c.fake_ttft_ms)]
+            args += ["--fake-tokens-per-s", _num(c.fake_tokens_per_s)]
+        if c.model_path is not None:
+            args += ["--model-path", c.model_path]
+        if c.n_threads is not None:
+            args += ["--n-threads", str(c.n_threads)]
+        if c.slots is not None:
+            args += ["--slots", str(c.slots)]
+        if c.max_queue is not None:
+            args += ["--max-queue", str(c.max_queue)]
+        args += c.worker_args
+        if index < len(c.per_worker_args):
+            args += c.per_worker_args[index]
+        return args
+
+    async def start_router(self) -> Proc:
+        """Start one more router replica and wait until it lists the model."""
         port = free_port()
         args = [
             self.config.python, "-m", "router",
@@ -246,16 +299,21 @@ class Stack:
             "--auth", "off",  # benchmarks measure routing, not key checks
             *self.config.router_args,
         ]  # fmt: skip
-        self.router = await self._spawn("router", args, port)
-        await self._wait(
-            self.router, "/v1/models", functools.partial(self._router_lists_model, port)
-        )
+        name = "router" if not self.routers else f"router{len(self.routers)}"
+        router = await self._spawn(name, args, port)
+        self.routers.append(router)
+        await self._wait(router, "/v1/models", functools.partial(self._router_lists_model, port))
+        return router
 
     async def stop(self, keep_logs: bool = False) -> None:
         """Terminate by PID: router, then workers, then redis. Safe to call more than once.
 
         Our temporary log folder is removed unless `keep_logs` or a process refused to die."""
-        procs = [p for p in (self.router, *reversed(self.workers), self.redis) if p is not None]
+        procs = [
+            p
+            for p in (*reversed(self.routers), *reversed(self.workers), self.redis)
+            if p is not None
+        ]
         for proc in procs:
             await _terminate(proc, self.config.stop_timeout_s)
         if not self._own_log_dir:
@@ -315,13 +373,13 @@ class Stack:
             for r in snapshot.workers.values()
         )
 
-    async def _router_sees_workers(self) -> bool:
+    async def _router_sees_workers(self, router: Proc) -> bool:
         """The router's /health `workers` count matches ours; when it has no such field, give
         its registry watcher a moment to take in the join events."""
         timeout = aiohttp.ClientTimeout(total=2.0)
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(f"{self.router_url}/health") as resp,
+            session.get(f"{router.url}/health") as resp,
         ):
             data = orjson.loads(await resp.read()) if resp.status == 200 else None
         count = data.get("workers") if isinstance(data, dict) else None
