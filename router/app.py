@@ -1,8 +1,9 @@
 """Application wiring: `create_app(config)` builds the app; each resource has one cleanup_ctx.
 
-Startup runs the contexts in order (metrics, Redis, worker session, registry watcher) and
-teardown in reverse, so the watcher stops before the Redis client it reads closes, and the
-worker session closes only after in-flight relays have finished or been cancelled.
+Startup runs the contexts in order (metrics, Redis, access, admission, worker session, registry
+watcher) and teardown in reverse, so the watcher stops before the Redis client it reads closes,
+the worker session closes only after in-flight relays have finished or been cancelled, and the
+admission queue (which the view wakes) is unhooked last.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from redis.asyncio import Redis
 
 from router import handlers
 from router.access import Access
-from router.balancer import LeastLoaded, Policy
+from router.admission import Admission, AdmissionSettings
+from router.balancer import Policy, make_policy
+from router.breaker import BreakerSettings
 from router.config import RouterConfig
-from router.keys import ACCESS, CONFIG, METRICS, POLICY, REDIS, RELAY, VIEW
+from router.keys import ACCESS, ADMISSION, CONFIG, METRICS, POLICY, REDIS, RELAY, VIEW
 from router.metrics import RouterMetrics
 from router.middleware import edge_middleware
 from router.proxy import Relay, create_session
@@ -35,9 +38,9 @@ def create_app(config: RouterConfig, *, policy: Policy | None = None) -> web.App
     app[CONFIG] = config
     app[METRICS] = RouterMetrics()
     app[VIEW] = RegistryView(config.worker_stale_s)
-    app[POLICY] = policy if policy is not None else LeastLoaded()
+    app[POLICY] = policy if policy is not None else make_policy(config.policy)
     app.cleanup_ctx.extend(
-        [_metrics_ctx, _redis_ctx, _access_ctx, _worker_session_ctx, _watcher_ctx]
+        [_metrics_ctx, _redis_ctx, _access_ctx, _admission_ctx, _worker_session_ctx, _watcher_ctx]
     )
 
     # Plain and DNS-based (the Host names the endpoint), then the seed's path-based forms.
@@ -75,10 +78,25 @@ async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _admission_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    settings = AdmissionSettings(
+        queue_max=config.queue_max,
+        queue_timeout_s=config.queue_timeout_s,
+        breaker=BreakerSettings(config.breaker_failures, config.breaker_open_s),
+    )
+    admission = Admission(app[VIEW], app[POLICY], app[METRICS], settings)
+    app[ADMISSION] = admission
+    app[VIEW].add_listener(admission.capacity_changed)
+    yield
+    app[VIEW].remove_listener(admission.capacity_changed)
+    admission.close()
+
+
 async def _worker_session_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    session = create_session(config.connect_timeout_s, config.read_timeout_s)
-    app[RELAY] = Relay(session, app[POLICY], app[METRICS], config.max_attempts)
+    session = create_session(config.connect_timeout_s)
+    app[RELAY] = Relay(session, app[ADMISSION], app[METRICS], config)
     yield
     await session.close()
 

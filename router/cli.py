@@ -49,6 +49,10 @@ def _on_off(text: str) -> bool:
     return value == "on"
 
 
+def _lower(text: str) -> str:
+    return text.strip().lower()
+
+
 def _domain(text: str) -> str:
     return text.strip().strip(".").lower()
 
@@ -67,6 +71,15 @@ _OPTIONS = (
     _Option("auth", _on_off, "on", "API keys required: on, or off for local development only"),
     _Option("base_domain", _domain, None, "DNS suffix for {endpoint}.{project}.DOMAIN hosts"),
     _Option("key_cache_ttl_s", _number, 2.0, "how long a router trusts a key lookup (<= 5)"),
+    # -- Overload and faults --
+    _Option("policy", _lower, "least-loaded", "balancing: least-loaded, round-robin or random"),
+    _Option("first_token_timeout_s", _number, 300.0, "request sent to first byte back, else 504"),
+    _Option("body_timeout_s", _number, 30.0, "time to receive a request body, else 408"),
+    _Option("queue_max", _integer, 256, "requests waiting for capacity per model, else 503"),
+    _Option("queue_timeout_s", _number, 30.0, "longest wait for capacity, then 503"),
+    _Option("breaker_failures", _integer, 2, "failures in a row that put a worker aside"),
+    _Option("breaker_open_s", _number, 1.0, "first time a worker is put aside (doubles, <= 30)"),
+    # -- end of overload and faults --
 )
 
 

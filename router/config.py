@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from router.balancer import POLICIES
+
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 MAX_KEY_CACHE_TTL_S = 5.0
@@ -28,6 +30,15 @@ class RouterConfig:
     auth: bool = True
     base_domain: str | None = None  # DNS suffix of `{endpoint}.{project}.{base_domain}` hosts
     key_cache_ttl_s: float = 2.0  # a revoked key stops working within this on every replica
+    # -- Overload and faults (router.admission, router.breaker, router.proxy) --
+    policy: str = "least-loaded"  # least-loaded | round-robin | random (router.balancer)
+    first_token_timeout_s: float = 300.0  # request sent -> first byte back (non-stream: answer)
+    body_timeout_s: float = 30.0  # longest time to receive a client's request body
+    queue_max: int = 256  # requests waiting for worker capacity, per model; more get 503
+    queue_timeout_s: float = 30.0  # longest wait in that queue; then 503
+    breaker_failures: int = 2  # consecutive failures that put a worker aside
+    breaker_open_s: float = 1.0  # first time aside before a probe; doubles up to 30 s
+    # -- end of overload and faults --
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.redis_url).scheme
@@ -60,7 +71,25 @@ class RouterConfig:
             )
         if self.base_domain is not None and not self.base_domain.strip(". "):
             raise ValueError("base_domain must not be empty")
+        self._check_overload()
         if self.log_level not in LOG_LEVELS:
             raise ValueError(
                 f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
             )
+
+    def _check_overload(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        for name in (
+            "first_token_timeout_s",
+            "body_timeout_s",
+            "queue_timeout_s",
+            "breaker_open_s",
+        ):
+            value = getattr(self, name)
+            if not value > 0:  # also rejects NaN
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.queue_max < 0:
+            raise ValueError(f"queue_max must be >= 0, got {self.queue_max}")
+        if self.breaker_failures < 1:
+            raise ValueError(f"breaker_failures must be >= 1, got {self.breaker_failures}")

@@ -8,6 +8,7 @@
     ├── NotFound                     404 invalid_request_error / not_found
     │   └── ModelNotFound            404 invalid_request_error / model_not_found
     ├── MethodNotAllowed             405 invalid_request_error / method_not_allowed
+    ├── RequestTimeout               408 invalid_request_error / request_timeout
     ├── PayloadTooLarge              413 invalid_request_error / payload_too_large
     ├── UnsupportedMediaType         415 invalid_request_error / unsupported_media_type
     ├── RateLimited                  429 rate_limit_exceeded (Retry-After)
@@ -104,6 +105,12 @@ class MethodNotAllowed(ApiError):
     status = 405
     type = "invalid_request_error"
     default_code = "method_not_allowed"
+
+
+class RequestTimeout(ApiError):
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
 
 
 class PayloadTooLarge(ApiError):

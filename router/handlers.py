@@ -14,10 +14,10 @@ from router.access import OPEN
 from router.errors import (
     ApiError,
     ModelNotFound,
-    PayloadTooLarge,
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from router.intake import read_body
 from router.keys import ACCESS, CONFIG, METRICS, RELAY, REQUEST_ID, VIEW
 from router.metrics import CANCELLED, OTHER_MODEL, status_class
 from router.proxy import TokenMeter
@@ -33,6 +33,7 @@ _REJECTION_REASONS: Final = {
     400: "invalid_request",
     401: "invalid_api_key",
     404: "model_not_found",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
@@ -52,11 +53,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         scope = await access.scope(request)  # the key first: 401 before anything else
         content_type = _json_content_type(request)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            limit = app[CONFIG].max_body_bytes
-            raise PayloadTooLarge(f"The request body exceeds {limit} bytes.") from None
+        config = app[CONFIG]
+        body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
         chat = parse_chat_request(body)  # the one parse; `body` goes upstream unchanged
         model = chat.model
         access.check_model(scope, model)
@@ -73,7 +71,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 body,
                 content_type,
                 request[REQUEST_ID],
-                candidates,
+                model,
                 series,
                 arrived,
                 decision.headers(),

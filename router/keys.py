@@ -6,6 +6,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from router.access import Access, Scope
+from router.admission import Admission
 from router.balancer import Policy
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
@@ -18,6 +19,7 @@ VIEW = web.AppKey("registry_view", RegistryView)
 POLICY: web.AppKey[Policy] = web.AppKey("policy")
 REDIS: web.AppKey[Redis[bytes]] = web.AppKey("redis")
 RELAY = web.AppKey("relay", Relay)
+ADMISSION = web.AppKey("admission", Admission)
 ACCESS = web.AppKey("access", Access)
 
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -12,12 +12,18 @@ worker id from the registry, the rest are fixed sets):
     router_time_to_first_byte_seconds{model,stream}       arrival to the first upstream body chunk
                                                           (for a stream: the first SSE event)
     router_inter_chunk_gap_seconds{model}                 between upstream chunks of a stream
-    router_overhead_seconds                               arrival to upstream request sent
-    router_queue_wait_seconds                             admission queue wait (no queue yet: 0)
+    router_overhead_seconds                               arrival to upstream request sent,
+                                                          less the admission queue wait
+    router_queue_wait_seconds                             admission queue wait (0: admitted at once)
+    router_queue_length{model}                            requests waiting for worker capacity
+    router_queue_rejections_total{reason}                 full, timeout (answered 503)
+    router_breaker_transitions_total{worker,state}        open, closed
     router_worker_in_flight{worker,model}                 this replica's open requests per worker
-    router_upstream_errors_total{worker,kind}             connect, busy, timeout, broken
+    router_upstream_errors_total{worker,kind}             connect, busy (503), status (other
+                                                          5xx), timeout, broken
     router_upstream_retries_total{model}                  attempts after the first
-    router_cancellations_total{phase}                     client hung up: waiting or streaming
+    router_cancellations_total{phase}                     client hung up: queued, waiting,
+                                                          streaming; or stopped reading: stalled
     router_rejections_total{reason}                       requests refused before any upstream
     router_registry_workers{model,state}                  workers in this replica's view
     router_registry_staleness_seconds                     since the last successful full read
@@ -33,7 +39,7 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -125,13 +131,31 @@ class RouterMetrics:
         )
         self.queue_wait = Histogram(
             "router_queue_wait_seconds",
-            "Time spent waiting for worker capacity (no admission queue yet).",
+            "Time spent waiting for worker capacity in the admission queue.",
             buckets=FIRST_BYTE_BUCKETS,
+            registry=r,
+        )
+        self.queue_length = Gauge(
+            "router_queue_length",
+            "Requests waiting in this replica's admission queue, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.queue_rejections = Counter(
+            "router_queue_rejections",
+            "Requests refused by the admission queue: full, or waited too long (timeout).",
+            ["reason"],
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "router_breaker_transitions",
+            "Circuit breaker changes per worker: open (put aside), closed (taken back).",
+            ["worker", "state"],
             registry=r,
         )
         self.upstream_errors = Counter(
             "router_upstream_errors",
-            "Upstream failures by worker and kind (connect, busy, timeout, broken).",
+            "Upstream failures by worker and kind (connect, busy, status, timeout, broken).",
             ["worker", "kind"],
             registry=r,
         )

@@ -1,14 +1,26 @@
 """Relaying a chat completion to a worker and its answer back to the client.
 
-Fail over only before the first response byte: a refused, reset or timed-out connection, or a
-worker's 503 (it is full), sends the request to another candidate, up to `max_attempts`
-distinct workers. Once the worker has answered, the answer is the client's: a plain response is
-returned with its status and body bytes as they are; a stream is relayed chunk by chunk as it
-arrives, cut at the last complete SSE frame ("\\n\\n") so that if the worker dies mid-stream the
-client still gets whole frames, then one error event and `data: [DONE]`.
+One request, in phases, each with its own bound and its own way to fail cleanly:
 
-A client that hangs up cancels the handler; the upstream response is then closed (not released
-to the pool), which drops the worker connection and makes the worker stop generating.
+    queued        router.admission: no worker has room; bounded wait, else 503 + Retry-After
+    connecting    refused, reset, or no connection within connect_timeout_s: try another worker
+    first byte    request sent, waiting for the answer (a stream: its first chunk; otherwise the
+                  whole body): a 5xx, or the connection breaking, sends the request to another
+                  worker (503 = full or draining; any other 5xx also counts against the worker's
+                  breaker); no first byte within first_token_timeout_s is 504, not retried
+                  (the worker may be generating)
+    streaming     chunks relayed as they arrive, cut at the last complete SSE frame ("\\n\\n");
+                  a worker silent for read_timeout_s or failing ends the stream with one SSE error
+                  event and `data: [DONE]`, never retried; a client that stops reading for
+                  read_timeout_s is cut off
+
+At most `max_attempts` distinct workers are tried. Nothing reaches the client before the first
+upstream chunk, so every failure before it is a clean OpenAI error, and every failure after it
+an SSE error event.
+
+A client that hangs up cancels the handler, in any phase: a queued request leaves the queue, an
+open upstream response is closed (not released to the pool), which drops the worker connection
+and makes the worker stop generating.
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Final
 
 import orjson
@@ -28,18 +40,16 @@ from aiohttp import (
     ClientResponse,
     ClientSession,
     ClientTimeout,
-    ConnectionTimeoutError,
-    SocketTimeoutError,
     TCPConnector,
     hdrs,
     web,
 )
 from multidict import CIMultiDict
 
-from router.balancer import Policy
+from router.admission import Admission, Grant
+from router.config import RouterConfig
 from router.errors import ServiceUnavailable, UpstreamFailed, UpstreamTimeout, sse_error_event
 from router.metrics import ChatSeries, RouterMetrics
-from router.snapshot import Upstream
 from router.wire import USAGE_TRAILER_HEADER, USAGE_TRAILER_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -65,29 +75,27 @@ _DROPPED_HEADERS: Final = frozenset(
 EVENT_STREAM: Final = "text/event-stream"
 FRAME_END: Final = b"\n\n"
 BUSY_RETRY_AFTER_S: Final = 1.0
+NO_WORKER_RETRY_AFTER_S: Final = 1.0
 
 
 class _Miss(enum.Enum):
     """Why an attempt ended before the first byte, leaving the request free to go elsewhere."""
 
-    BUSY = "busy"  # the worker answered 503: full
-    UNREACHABLE = "unreachable"  # no connection, or it dropped before any answer
+    BUSY = "busy"  # the worker answered 503: full or draining
+    FAILED = "failed"  # no connection, it broke before any answer, or another 5xx
 
 
-def create_session(connect_timeout_s: float, read_timeout_s: float) -> ClientSession:
-    """The one keep-alive session every relay shares."""
+def create_session(connect_timeout_s: float) -> ClientSession:
+    """The one keep-alive session every relay shares; read timeouts are the relay's own."""
     connector = TCPConnector(
-        limit=0,  # concurrency is bounded by the workers' admission, not by a client pool
+        limit=0,  # concurrency is bounded by admission (router.admission), not by a client pool
         keepalive_timeout=10.0,  # shorter than any server's, so we close idle sockets first
         ttl_dns_cache=60,
     )
     return ClientSession(
         connector=connector,
         timeout=ClientTimeout(
-            total=None,
-            connect=connect_timeout_s,
-            sock_connect=connect_timeout_s,
-            sock_read=read_timeout_s,  # the longest silence allowed between two chunks
+            total=None, connect=connect_timeout_s, sock_connect=connect_timeout_s
         ),
         # Bytes go through untouched: ask for no compression and decode none.
         skip_auto_headers=(hdrs.USER_AGENT, hdrs.ACCEPT_ENCODING),
@@ -128,12 +136,23 @@ def _body_usage(body: bytes, meter: TokenMeter) -> None:
 
 class Relay:
     def __init__(
-        self, session: ClientSession, policy: Policy, metrics: RouterMetrics, max_attempts: int
+        self,
+        session: ClientSession,
+        admission: Admission,
+        metrics: RouterMetrics,
+        config: RouterConfig,
     ) -> None:
         self._session = session
-        self._policy = policy
+        self._admission = admission
         self._metrics = metrics
-        self._max_attempts = max_attempts
+        self._max_attempts = config.max_attempts
+        self._first_token_s = config.first_token_timeout_s
+        self._gap_s = config.read_timeout_s
+        self._queue_timeout_s = config.queue_timeout_s
+
+    @property
+    def admission(self) -> Admission:
+        return self._admission
 
     async def forward(
         self,
@@ -141,13 +160,13 @@ class Relay:
         body: bytes,
         content_type: str,
         request_id: str,
-        candidates: Sequence[Upstream],
+        model: str,
         series: ChatSeries,
         arrived: float,
         response_headers: Mapping[str, str] | None = None,
         meter: TokenMeter | None = None,
     ) -> web.StreamResponse:
-        """Send `body` to the least-loaded candidate, failing over before the first byte.
+        """Send `body` to a worker of `model` with room, failing over before the first byte.
 
         `response_headers` are added to the client's response (rate-limit headers); a `meter`
         asks the worker for its usage and receives the response's total tokens.
@@ -156,123 +175,130 @@ class Relay:
         if meter is not None:
             headers[USAGE_TRAILER_HEADER] = "1"
         extra = response_headers or {}
+        deadline = asyncio.get_running_loop().time() + self._queue_timeout_s
         tried: list[str] = []
         busy = False
         for _ in range(self._max_attempts):
-            upstream = self._policy.choose(candidates, tried)
-            if upstream is None:
-                break
+            queued_at = time.perf_counter()
+            grant = await self._admission.acquire(model, tried, deadline, retry=bool(tried))
+            if grant is None:
+                break  # every worker of the model has been tried
             if tried:
                 series.retries.inc()
-            tried.append(upstream.worker_id)
-            upstream.begin()
+            else:
+                now = time.perf_counter()
+                self._metrics.queue_wait.observe(now - queued_at)
+                self._metrics.overhead.observe(queued_at - arrived)
+            tried.append(grant.upstream.worker_id)
             try:
-                if len(tried) == 1:
-                    self._metrics.overhead.observe(time.perf_counter() - arrived)
-                response = await self._open(upstream, body, headers)
-                if isinstance(response, _Miss):
-                    busy = busy or response is _Miss.BUSY
-                    continue
-                return await self._relay(
-                    request, upstream, response, request_id, series, arrived, extra, meter
+                outcome = await self._attempt(
+                    request, grant, body, headers, request_id, series, arrived, extra, meter
                 )
             finally:
-                upstream.end()
+                self._admission.release(grant)
+            if not isinstance(outcome, _Miss):
+                return outcome
+            busy = busy or outcome is _Miss.BUSY
+        if not tried:
+            raise ServiceUnavailable(
+                f"No worker is serving model `{model}` right now; retry shortly.",
+                retry_after_s=NO_WORKER_RETRY_AFTER_S,
+            )
         if busy:
             raise ServiceUnavailable(
                 "Every worker for this model is at capacity; retry shortly.",
                 retry_after_s=BUSY_RETRY_AFTER_S,
             )
-        raise UpstreamFailed("No worker for this model could be reached.")
+        raise UpstreamFailed("No worker for this model could serve the request.")
 
-    async def _open(
-        self, upstream: Upstream, body: bytes, headers: dict[str, str]
-    ) -> ClientResponse | _Miss:
-        """The worker's response (headers read), or why there is none."""
-        try:
-            response = await self._session.post(upstream.chat_url, data=body, headers=headers)
-        except SocketTimeoutError:
-            # Connected and sent, then silence: the worker may be generating, so no retry.
-            self._metrics.upstream_errors.labels(upstream.worker_id, "timeout").inc()
-            raise UpstreamTimeout("The worker did not answer in time.") from None
-        except asyncio.CancelledError:
-            self._metrics.cancellations.labels("waiting").inc()
-            raise
-        except (ClientConnectionError, ConnectionTimeoutError) as exc:
-            # Logged once per heartbeat at most: refused() keeps it out of the way until then.
-            logger.warning("worker %s unreachable (%r); trying another", upstream.worker_id, exc)
-            self._metrics.upstream_errors.labels(upstream.worker_id, "connect").inc()
-            upstream.refused()
-            return _Miss.UNREACHABLE
-        if response.status == 503:
-            response.release()
-            self._metrics.upstream_errors.labels(upstream.worker_id, "busy").inc()
-            upstream.refused()
-            return _Miss.BUSY
-        return response
-
-    async def _relay(
+    async def _attempt(
         self,
         request: web.Request,
-        upstream: Upstream,
-        response: ClientResponse,
+        grant: Grant,
+        body: bytes,
+        headers: dict[str, str],
         request_id: str,
         series: ChatSeries,
         arrived: float,
         extra: Mapping[str, str],
         meter: TokenMeter | None,
-    ) -> web.StreamResponse:
+    ) -> web.StreamResponse | _Miss:
+        """One worker: its answer relayed, or why it gave none (free to go elsewhere)."""
+        upstream = grant.upstream
+        worker = upstream.worker_id
+        response: ClientResponse | None = None
         try:
-            if response.content_type == EVENT_STREAM:
-                out = await self._relay_stream(
-                    request, upstream, response, request_id, series, arrived, extra, meter
-                )
-            else:
-                out = await self._relay_body(upstream, response, series, arrived, extra, meter)
+            async with asyncio.timeout(self._first_token_s):
+                try:
+                    response = await self._session.post(
+                        upstream.chat_url, data=body, headers=headers
+                    )
+                except ClientConnectionError as exc:  # refused, reset, connect timeout
+                    # One line per failure; the breaker soon keeps requests off it.
+                    logger.warning("worker %s unreachable (%r); trying another", worker, exc)
+                    return self._failed(grant, "connect")
+                if response.status >= 500:
+                    return self._refused(grant, response)
+                stream = response.content_type == EVENT_STREAM
+                first = await (response.content.readany() if stream else response.read())
+            if stream and not first:
+                raise ClientPayloadError("the stream ended before its first byte")
+        except TimeoutError:
+            if response is not None:
+                response.close()
+            self._failed(grant, "timeout")
+            logger.warning("worker %s sent nothing in %ss", worker, self._first_token_s)
+            raise UpstreamTimeout("The worker did not answer in time.") from None
+        except (ClientPayloadError, ClientConnectionError) as exc:
+            if response is not None:
+                response.close()
+            logger.warning("worker %s failed before answering (%r); trying another", worker, exc)
+            return self._failed(grant, "broken")
+        except asyncio.CancelledError:
+            if response is not None:
+                response.close()  # the worker sees the connection drop and stops generating
+            self._metrics.cancellations.labels("waiting").inc()
+            raise
+        self._admission.succeeded(grant)
+        series.first_byte.observe(time.perf_counter() - arrived)
+        if not stream:
+            response.release()
+            return _plain(response, first, extra, meter)
+        try:
+            return await self._relay_stream(
+                request, grant, response, first, request_id, series, extra, meter
+            )
         except BaseException:
             # Not release(): the worker must see its connection drop and stop generating.
             response.close()
             raise
-        response.release()
-        return out
 
-    async def _relay_body(
-        self,
-        upstream: Upstream,
-        response: ClientResponse,
-        series: ChatSeries,
-        arrived: float,
-        extra: Mapping[str, str],
-        meter: TokenMeter | None,
-    ) -> web.Response:
-        series.first_byte.observe(time.perf_counter() - arrived)  # headers: the answer is ready
-        try:
-            body = await response.read()
-        except asyncio.CancelledError:
-            self._metrics.cancellations.labels("waiting").inc()
-            raise
-        except TimeoutError:
-            self._metrics.upstream_errors.labels(upstream.worker_id, "timeout").inc()
-            raise UpstreamTimeout("The worker did not finish in time.") from None
-        except (ClientPayloadError, ClientConnectionError):
-            self._metrics.upstream_errors.labels(upstream.worker_id, "broken").inc()
-            raise UpstreamFailed("The worker failed while answering.") from None
-        headers = CIMultiDict(
-            (k, v) for k, v in response.headers.items() if k.lower() not in _DROPPED_HEADERS
-        )
-        headers.update(extra)
-        if meter is not None and response.status == 200:
-            _body_usage(body, meter)
-        return web.Response(body=body, status=response.status, headers=headers)
+    def _failed(self, grant: Grant, kind: str) -> _Miss:
+        self._metrics.upstream_errors.labels(grant.upstream.worker_id, kind).inc()
+        grant.upstream.refused()  # tried last until its next load report
+        self._admission.failed(grant)
+        return _Miss.FAILED
+
+    def _refused(self, grant: Grant, response: ClientResponse) -> _Miss:
+        """A 5xx before any byte: 503 is a full or draining worker, anything else a fault."""
+        status = response.status
+        response.release()
+        upstream = grant.upstream
+        if status == 503:
+            upstream.refused()  # tried last until its next load report
+            self._metrics.upstream_errors.labels(upstream.worker_id, "busy").inc()
+            return _Miss.BUSY
+        logger.warning("worker %s answered %d; trying another", upstream.worker_id, status)
+        return self._failed(grant, "status")
 
     async def _relay_stream(
         self,
         request: web.Request,
-        upstream: Upstream,
+        grant: Grant,
         response: ClientResponse,
+        first: bytes,
         request_id: str,
         series: ChatSeries,
-        arrived: float,
         extra: Mapping[str, str],
         meter: TokenMeter | None,
     ) -> web.StreamResponse:
@@ -287,11 +313,16 @@ class Relay:
             },
         )
         try:
-            await out.prepare(request)
-            tail = await self._pump(upstream, response, out, series, arrived, meter)
-            if tail:
-                await out.write(tail)
-            await out.write_eof()
+            async with asyncio.timeout(self._gap_s):
+                await out.prepare(request)
+            tail = await self._pump(grant, response, out, first, series, meter)
+            if tail is None:
+                self._cut_off(request, response)
+                return out
+            async with asyncio.timeout(self._gap_s):
+                if tail:
+                    await out.write(tail)
+                await out.write_eof()
         except asyncio.CancelledError:
             self._metrics.cancellations.labels("streaming").inc()
             raise
@@ -300,47 +331,91 @@ class Relay:
             # prepared response goes back to aiohttp, which knows the connection is gone.
             self._metrics.cancellations.labels("streaming").inc()
             response.close()
+            return out
+        except TimeoutError:
+            self._cut_off(request, response)
+            return out
+        response.release()
         return out
+
+    def _cut_off(self, request: web.Request, response: ClientResponse) -> None:
+        """The client stopped reading: drop both connections rather than wait on it."""
+        logger.warning("client stopped reading a stream for %ss; cut off", self._gap_s)
+        self._metrics.cancellations.labels("stalled").inc()
+        response.close()
+        if request.transport is not None:
+            request.transport.abort()
 
     async def _pump(
         self,
-        upstream: Upstream,
+        grant: Grant,
         response: ClientResponse,
         out: web.StreamResponse,
+        first: bytes,
         series: ChatSeries,
-        arrived: float,
         meter: TokenMeter | None,
-    ) -> bytes:
-        """Relay whole frames as they arrive; return what is left to write at the end."""
-        pending = b""
-        last = 0.0
+    ) -> bytes | None:
+        """Relay whole frames as they arrive; what is left to write, or None if the client
+        stopped reading. Every wait, on the worker or on the client, is bounded by the gap."""
+        loop = asyncio.get_running_loop()
+        gap_s = self._gap_s
         gap = series.chunk_gap
+        pending = b""
+        chunk = first
+        last = time.perf_counter()
+        writing = False
         try:
-            async for chunk in response.content.iter_any():
-                now = time.perf_counter()
-                if last:
+            async with asyncio.timeout(gap_s) as timer:
+                while True:
+                    data = pending + chunk if pending else chunk
+                    end = data.rfind(FRAME_END) + 2
+                    if end == 1:  # no frame boundary yet
+                        pending = data
+                    else:
+                        # The common case is whole frames only: no copy.
+                        frames, pending = (
+                            (data, b"") if end == len(data) else (data[:end], data[end:])
+                        )
+                        if meter is not None:
+                            frames = _take_usage(frames, meter)
+                        writing = True
+                        await out.write(frames)
+                        writing = False
+                    timer.reschedule(loop.time() + gap_s)
+                    chunk = await response.content.readany()
+                    if not chunk:
+                        return pending  # a clean end: relay the worker's last bytes as they are
+                    now = time.perf_counter()
                     gap.observe(now - last)
-                else:
-                    series.first_byte.observe(now - arrived)
-                last = now
-                data = pending + chunk if pending else chunk
-                end = data.rfind(FRAME_END) + 2
-                if end == 1:  # no frame boundary yet
-                    pending = data
-                    continue
-                # The common case is whole frames only: no copy.
-                frames, pending = (data, b"") if end == len(data) else (data[:end], data[end:])
-                if meter is not None:
-                    frames = _take_usage(frames, meter)
-                await out.write(frames)
+                    last = now
+                    timer.reschedule(loop.time() + gap_s)
+        except TimeoutError:
+            if writing:
+                return None
+            worker = grant.upstream.worker_id
+            self._metrics.upstream_errors.labels(worker, "timeout").inc()
+            self._admission.failed(grant)
+            logger.warning("worker %s went silent mid-stream", worker)
+            return sse_error_event(UpstreamTimeout("The worker stopped sending in time."))
         except ConnectionResetError:
             raise  # the client's side, handled by the caller
-        except TimeoutError:
-            self._metrics.upstream_errors.labels(upstream.worker_id, "timeout").inc()
-            logger.warning("worker %s went silent mid-stream", upstream.worker_id)
-            return sse_error_event(UpstreamTimeout("The worker stopped sending in time."))
         except (ClientPayloadError, ClientConnectionError):
-            self._metrics.upstream_errors.labels(upstream.worker_id, "broken").inc()
-            logger.warning("worker %s failed mid-stream", upstream.worker_id)
+            if writing:
+                raise ConnectionResetError from None
+            worker = grant.upstream.worker_id
+            self._metrics.upstream_errors.labels(worker, "broken").inc()
+            self._admission.failed(grant)
+            logger.warning("worker %s failed mid-stream", worker)
             return sse_error_event(UpstreamFailed("The worker failed mid-stream."))
-        return pending  # a clean end: relay the worker's last bytes as they are
+
+
+def _plain(
+    response: ClientResponse, body: bytes, extra: Mapping[str, str], meter: TokenMeter | None
+) -> web.Response:
+    headers = CIMultiDict(
+        (k, v) for k, v in response.headers.items() if k.lower() not in _DROPPED_HEADERS
+    )
+    headers.update(extra)
+    if meter is not None and response.status == 200:
+        _body_usage(body, meter)
+    return web.Response(body=body, status=response.status, headers=headers)

@@ -10,7 +10,14 @@ when membership or a state changes, never per request, and load reports update t
 objects in place.
 
 When Redis is unreachable nothing in the view can be confirmed or refuted, so ageing pauses and
-the last view keeps serving; `registry_age_s()` (a metric) tells how old it is.
+the last view keeps serving; `registry_age_s()` (a metric) tells how old it is. When it answers
+again after a failure (the watcher calls `contact_lost()`), it may have restarted empty, so for
+RECOVERY_GRACE x `stale_s` nothing is dropped for being absent from a full read or for a silent
+heartbeat: live workers re-register well within that (their heartbeat retries every <= 2 s),
+dead ones are aged out after it (meanwhile the breaker keeps requests off them).
+
+Listeners (`add_listener`) hear of every change that can free capacity: membership, a state,
+or a worker's slots; router.admission wakes its queue on them.
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from yarl import URL
 
 from router.balancer import WorkerLoad
+from router.breaker import Breaker
 from router.registry import (
     EVENTS_CHANNEL,
     Event,
@@ -44,7 +52,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+Listener = Callable[[], None]
 CHAT_PATH = "/v1/chat/completions"
+REDIS_BACKOFF_CAP_S: Final = 2.0  # longest pause between two tries to reach a failing Redis
+RECOVERY_GRACE: Final = 2.0  # stale times a recovered Redis gets to list every live worker again
 
 
 def chat_url(base_url: str) -> URL:
@@ -54,13 +65,14 @@ def chat_url(base_url: str) -> URL:
 class Upstream(WorkerLoad):
     """One worker as this replica sees it: its latest record and local load counters."""
 
-    __slots__ = ("chat_url", "record", "seen_at")
+    __slots__ = ("breaker", "chat_url", "record", "seen_at")
 
     def __init__(self, record: WorkerRecord, seen_at: float) -> None:
-        super().__init__(record.worker_id, record.queue_depth)
+        super().__init__(record.worker_id, record.queue_depth, record.slots)
         self.record = record
         self.seen_at = seen_at  # our clock, when we last saw its heartbeat advance
         self.chat_url = chat_url(record.url)  # parsed once, not per request
+        self.breaker = Breaker()
 
 
 class RegistryView:
@@ -78,6 +90,31 @@ class RegistryView:
         self._last_heartbeat_ms: dict[str, int] = {}
         self.loaded_at: float | None = None  # our clock, last successful full read
         self._contact_at = -math.inf
+        self._lost = False  # a Redis operation failed since the last contact
+        self._absence_grace_until = -math.inf
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def contact_lost(self) -> None:
+        """The watcher failed to reach Redis; the next contact is a recovery."""
+        self._lost = True
+
+    def _contact(self, now: float) -> None:
+        if self._lost:
+            # Redis is back, perhaps empty: give every worker stale_s to show itself again.
+            self._lost = False
+            grace_s = RECOVERY_GRACE * self.stale_s
+            self._absence_grace_until = now + grace_s
+            for upstream in self.upstreams.values():
+                # Aged from the end of the grace on, as if seen a stale time before it ends.
+                upstream.seen_at = max(upstream.seen_at, now + grace_s - self.stale_s)
+        self._contact_at = now
 
     def candidates(self, model: str) -> tuple[Upstream, ...]:
         return self.ready.get(model, ())
@@ -90,7 +127,7 @@ class RegistryView:
 
     def apply_event(self, event: Event) -> None:
         now = self._clock()
-        self._contact_at = now
+        self._contact(now)
         record = event.record
         if event.type is EventType.LEAVE or record is None:
             self._drop(event.worker_id)
@@ -104,7 +141,7 @@ class RegistryView:
     def apply_snapshot(self, snapshot: Snapshot, started_at: float) -> None:
         """Merge a full read that began at `started_at` (our clock)."""
         now = self._clock()
-        self._contact_at = now
+        self._contact(now)
         self.loaded_at = now
         for worker_id, record in snapshot.workers.items():
             last = self._last_heartbeat_ms.get(worker_id)
@@ -113,10 +150,11 @@ class RegistryView:
                 continue  # a departed or aged-out worker whose key has not expired yet
             if last is None or record.heartbeat_ms >= last:
                 self._admit(record, now, advanced=advanced, seen=False)
-        for worker_id, upstream in list(self.upstreams.items()):
-            # Spare a worker whose event arrived while the read was under way.
-            if worker_id not in snapshot.workers and upstream.seen_at < started_at:
-                self._drop(worker_id)
+        if now >= self._absence_grace_until:
+            for worker_id, upstream in list(self.upstreams.items()):
+                # Spare a worker whose event arrived while the read was under way.
+                if worker_id not in snapshot.workers and upstream.seen_at < started_at:
+                    self._drop(worker_id)
         for worker_id in [w for w in self._last_heartbeat_ms if w not in snapshot.workers]:
             if worker_id not in self.upstreams:
                 del self._last_heartbeat_ms[worker_id]
@@ -151,9 +189,15 @@ class RegistryView:
         upstream.record = record
         if record.url != old.url:
             upstream.chat_url = chat_url(record.url)
+        restarted = record.url != old.url or record.started_ms != old.started_ms
+        if restarted:
+            upstream.breaker = Breaker()  # another process now: judge it afresh
+        upstream.slots = max(1, record.slots)
         if record.state != old.state or record.model != old.model or record.url != old.url:
             self.models.setdefault(record.model, record.started_ms // 1000)
             self._rebuild()
+        elif restarted or record.slots != old.slots:
+            self._notify()  # room may have appeared
 
     def _drop(self, worker_id: str) -> None:
         # Requests already dispatched keep their Upstream object and finish normally.
@@ -166,6 +210,14 @@ class RegistryView:
             if upstream.record.state is WorkerState.READY:
                 ready.setdefault(upstream.record.model, []).append(upstream)
         self.ready = {model: tuple(ups) for model, ups in ready.items()}
+        self._notify()
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:
+                logger.exception("registry: a view listener failed")
 
 
 def _honour_cancellation() -> None:
@@ -247,12 +299,13 @@ class RegistryWatcher:
         except Exception:
             logger.warning("registry: full read failed", exc_info=True)
             self._metrics.registry_errors.labels("read").inc()
+            self._view.contact_lost()
             return False
         self._view.apply_snapshot(snapshot, started)
         return True
 
     async def _refresh_loop(self) -> None:
-        backoff = Backoff(cap_s=max(5.0, self._refresh_s))
+        backoff = Backoff(cap_s=max(REDIS_BACKOFF_CAP_S, self._refresh_s))
         delay = self._refresh_s  # start() has just read
         failing = False
         while True:
@@ -272,12 +325,13 @@ class RegistryWatcher:
             _honour_cancellation()
 
     async def _events_loop(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(cap_s=REDIS_BACKOFF_CAP_S)
         while True:
             try:
                 await self._follow_events(backoff)
             except Exception:
                 _honour_cancellation()
+                self._view.contact_lost()
                 delay = backoff.next()
                 logger.warning(
                     "registry: event subscription lost; resubscribing in %.1fs",

@@ -3,7 +3,10 @@
 Each heartbeat writes the full record with a TTL (`router.registry.publish_worker`), so a worker
 killed with -9 expires within one TTL, and a worker that lost Redis for a while re-registers by
 itself on the first heartbeat that gets through. The loop publishes every interval, or sooner
-when admission reports a change in load, at most `1 / MIN_GAP_S` times a second.
+when admission reports a change in load, at most `1 / MIN_GAP_S` times a second. While Redis is
+unreachable it retries with jittered exponential backoff capped at MAX_BACKOFF_S, which is kept
+below the routers' default stale time (2.5 s) so that a router which finds Redis back (perhaps
+empty) sees this worker again before it would give it up; serving requests never depends on it.
 
 Shutdown, in order (see `registry_ctx` and `worker.cli`):
   1. drain: admission refuses new requests (503) and routers hear EventType.DRAIN;
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -35,7 +39,8 @@ from worker.engine import Engine
 logger = logging.getLogger(__name__)
 
 MIN_GAP_S = 0.05  # coalesce bursts of load changes: at most ~20 publishes a second
-MAX_BACKOFF_S = 5.0
+MAX_BACKOFF_S = 2.0
+JITTER = 0.2  # each backoff is shortened by up to this fraction, so workers spread out
 REDIS_TIMEOUT_S = 2.0  # every Redis call is bounded; a hung Redis must not hang the worker
 
 
@@ -63,6 +68,7 @@ class Heartbeat:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self._rng = random.Random()
 
     async def start(self) -> None:
         """Register now if Redis answers (else the loop keeps trying), then start the loop."""
@@ -147,21 +153,23 @@ class Heartbeat:
         backoff = interval
         failing = False
         while True:
-            await self._wait_for_change(interval)
+            if not failing:  # a failing loop has just slept its backoff
+                await self._wait_for_change(interval)
             if self._stopping.is_set():
                 return
             started = loop.time()
             try:
                 await self._publish()
             except Exception:
+                delay = backoff * (1 - self._rng.uniform(0, JITTER))
                 # Log the first failure of a streak with its traceback, the rest briefly.
                 if not failing:
-                    logger.exception("heartbeat failed; retrying with backoff")
+                    logger.exception("heartbeat failed; retrying in %.1fs", delay)
                 else:
-                    logger.warning("heartbeat still failing; next try in %.1fs", backoff)
+                    logger.warning("heartbeat still failing; next try in %.1fs", delay)
                 failing, self._registered = True, False
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff):
+                    async with asyncio.timeout(delay):
                         await self._stopping.wait()
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue

@@ -40,13 +40,6 @@ EXPECTED_EMPTY = {
     ("Upstream errors, retries and cancellations", "A"): "no worker fails during the test",
     ("Upstream errors by worker", "A"): "no worker fails during the test",
     ("Registry errors", "A"): "Redis stays up: no registry operation fails",
-    **{
-        ("Queue wait: router admission", ref): (
-            "router_queue_wait_seconds is declared but never observed: the router has no "
-            "admission queue yet, so every quantile is NaN"
-        )
-        for ref in "ABC"
-    },
 }
 
 

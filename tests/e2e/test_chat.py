@@ -187,8 +187,9 @@ async def test_two_workers_share_eight_streams(stack: Stack) -> None:
         texts = await asyncio.gather(*streams)
     assert all(texts), texts
     assert all(n > 0 for n in seen.values()), f"max load per worker: {seen}"
-    # Least-loaded dispatch splits 8 streams evenly between two equal workers.
-    assert sum(seen.values()) >= 6, seen
+    # The router admits no more than a worker's slots (1 for the llama engine) and queues the
+    # rest itself, so no worker ever has a request waiting behind another.
+    assert all(n <= 1 for n in seen.values()), seen
 
 
 def test_disconnect_mid_stream_frees_worker(stack: Stack) -> None:

@@ -17,7 +17,6 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from redis.asyncio import Redis
 
 from router.app import create_app
-from router.balancer import LeastLoaded
 from router.config import RouterConfig
 from router.registry import WorkerState, publish_worker
 
@@ -50,11 +49,14 @@ def start_worker(aiohttp_server: AiohttpServer, redis: Redis[bytes]) -> StartWor
         model: str = MODEL,
         running: int = 0,
         state: WorkerState = WorkerState.READY,
+        slots: int = 4,
     ) -> FakeWorker:
         worker = FakeWorker(worker_id, mode)
         server = await aiohttp_server(worker.app())
         worker.url = str(server.make_url("")).rstrip("/")
-        record = make_record(worker_id, worker.url, model=model, running=running, state=state)
+        record = make_record(
+            worker_id, worker.url, model=model, running=running, state=state, slots=slots
+        )
         await publish_worker(redis, record, TTL_MS)
         return worker
 
@@ -75,7 +77,7 @@ def start_router(aiohttp_client: AiohttpClient, redis_server: RedisServer) -> Ro
             "auth": False,  # tenancy has its own tests (tests/tenancy_http)
         }
         settings.update(overrides)
-        app = create_app(RouterConfig(**settings), policy=LeastLoaded())
+        app = create_app(RouterConfig(**settings))
         return await aiohttp_client(app)
 
     return start

@@ -29,6 +29,7 @@ def make_record(
     running: int = 0,
     waiting: int = 0,
     state: WorkerState = WorkerState.READY,
+    slots: int = 4,
 ) -> WorkerRecord:
     now = now_ms()
     return WorkerRecord(
@@ -36,7 +37,7 @@ def make_record(
         model=model,
         url=url,
         state=state,
-        slots=4,
+        slots=slots,
         running=running,
         waiting=waiting,
         max_queue=16,
@@ -64,6 +65,7 @@ def sse_frame(content: str, finish: str | None = None) -> bytes:
     )
 
 
+_STATUS = {"busy": 503, "error": 500}
 STREAM_FRAMES = [sse_frame("Hel"), sse_frame("lo"), sse_frame("", "stop"), b"data: [DONE]\n\n"]
 
 
@@ -73,8 +75,13 @@ class FakeWorker:
 
     ok       plain JSON or SSE (split across writes at odd places)
     busy     503, as a full worker answers
+    error    500, as a broken worker answers
     die      two SSE frames and half a third, then the connection drops
     hang     one SSE frame (or, not streaming, nothing) until the client goes away
+    silent   SSE headers and then nothing (not streaming: as hang)
+
+    While `gate` is set to an unset Event, every request waits for it before answering (after
+    counting itself in `active`), so a test can hold requests on the worker.
     """
 
     worker_id: str
@@ -84,6 +91,9 @@ class FakeWorker:
     headers: list[CIMultiDictProxy[str]] = field(default_factory=list)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    gate: asyncio.Event | None = None
+    active: int = 0  # requests inside the handler now
+    peak: int = 0  # most requests inside the handler at once
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -91,14 +101,24 @@ class FakeWorker:
         return app
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            return await self._answer(request)
+        finally:
+            self.active -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.bodies.append(body)
         self.headers.append(request.headers)
         self.started.set()
-        if self.mode == "busy":
-            return web.json_response({"error": {"message": "full"}}, status=503)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.mode in _STATUS:
+            return web.json_response({"error": {"message": self.mode}}, status=_STATUS[self.mode])
         if b'"stream":true' not in body.replace(b" ", b""):
-            if self.mode == "hang":
+            if self.mode in ("hang", "silent"):
                 try:
                     await asyncio.sleep(30)
                 except asyncio.CancelledError:
@@ -123,6 +143,8 @@ class FakeWorker:
             elif self.mode == "hang":
                 await response.write(STREAM_FRAMES[0])
                 await asyncio.sleep(30)
+            elif self.mode == "silent":
+                await asyncio.sleep(30)
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
@@ -139,6 +161,7 @@ class StartWorker(Protocol):
         model: str = MODEL,
         running: int = 0,
         state: WorkerState = WorkerState.READY,
+        slots: int = 4,
     ) -> Awaitable[FakeWorker]: ...
 
 

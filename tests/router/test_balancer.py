@@ -1,11 +1,21 @@
-"""The balancing policy: least-loaded, random among ties, counters that never drift."""
+"""The balancing policies (least-loaded, round-robin, random) and counters that never drift."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
 
-from router.balancer import LeastLoaded, Policy, WorkerLoad
+import pytest
+
+from router.balancer import (
+    POLICIES,
+    LeastLoaded,
+    Policy,
+    RoundRobin,
+    Uniform,
+    WorkerLoad,
+    make_policy,
+)
 
 
 def loads(*reported: int) -> list[WorkerLoad]:
@@ -85,3 +95,43 @@ def test_a_refusing_worker_is_tried_last_until_it_reports() -> None:
     assert policy.choose(workers) is workers[1]
     workers[0].report(0)
     assert policy.choose(workers) is workers[0]
+
+
+def test_round_robin_takes_turns_and_skips_the_excluded() -> None:
+    workers = loads(9, 0, 5)
+    policy = RoundRobin()
+    picks = [policy.choose(workers) for _ in range(6)]
+    assert [p.worker_id for p in picks if p] == ["w0", "w1", "w2", "w0", "w1", "w2"]
+    assert policy.choose(workers, ["w0"]) is workers[1]
+    assert policy.choose(workers, ["w0", "w1", "w2"]) is None
+    assert policy.choose([]) is None
+
+
+def test_random_ignores_load_and_covers_everyone() -> None:
+    workers = loads(100, 0, 0)
+    policy = Uniform(random.Random(3))
+    counts = Counter(p.worker_id for p in (policy.choose(workers) for _ in range(300)) if p)
+    assert set(counts) == {"w0", "w1", "w2"}
+    assert all(60 < n < 140 for n in counts.values())
+    assert policy.choose(workers, ["w0", "w1"]) is workers[2]
+
+
+def test_make_policy_names() -> None:
+    assert isinstance(make_policy("least-loaded"), LeastLoaded)
+    assert isinstance(make_policy("round-robin"), RoundRobin)
+    assert isinstance(make_policy("random"), Uniform)
+    assert POLICIES == ("least-loaded", "round-robin", "random")
+    with pytest.raises(ValueError, match="policy must be one of"):
+        make_policy("fastest")
+
+
+def test_room_is_this_replicas_in_flight_below_the_slots() -> None:
+    worker = WorkerLoad("w", reported=10, slots=2)
+    assert worker.has_room  # others' load counts in the choice, not in admission
+    worker.begin()
+    assert worker.has_room
+    worker.begin()
+    assert not worker.has_room
+    worker.end()
+    assert worker.has_room
+    assert WorkerLoad("w", slots=0).slots == 1

@@ -52,3 +52,35 @@ def test_invalid_values_exit_2(
         parse_config(argv, env)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_overload_and_fault_options() -> None:
+    config = parse_config(["--redis-url", "redis://r"], {})
+    assert (config.policy, config.queue_max, config.queue_timeout_s) == ("least-loaded", 256, 30.0)
+    assert (config.first_token_timeout_s, config.body_timeout_s) == (300.0, 30.0)
+    assert (config.breaker_failures, config.breaker_open_s) == (2, 1.0)
+    env = {"ROUTER_POLICY": "Round-Robin", "ROUTER_QUEUE_MAX": "0"}
+    argv = ["--redis-url", "redis://r", "--first-token-timeout-s", "5", "--breaker-open-s", "0.5"]
+    config = parse_config(argv, env)
+    assert (config.policy, config.queue_max) == ("round-robin", 0)
+    assert (config.first_token_timeout_s, config.breaker_open_s) == (5.0, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--policy", "fastest"], "--policy must be one of least-loaded, round-robin, random"),
+        (["--queue-max", "-1"], "--queue-max must be >= 0"),
+        (["--queue-timeout-s", "0"], "--queue-timeout-s must be > 0"),
+        (["--first-token-timeout-s", "nan"], "--first-token-timeout-s must be > 0"),
+        (["--body-timeout-s", "-1"], "--body-timeout-s must be > 0"),
+        (["--breaker-failures", "0"], "--breaker-failures must be >= 1"),
+    ],
+)
+def test_invalid_overload_options_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--redis-url", "redis://r", *argv], {})
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -107,6 +107,45 @@ def test_full_read_spares_a_worker_that_joined_while_it_ran() -> None:
     assert view.models[MODEL] == 1
 
 
+def test_after_redis_comes_back_workers_get_time_to_show_up_again() -> None:
+    clock = FakeClock()
+    view = RegistryView(stale_s=2.5, clock=clock)
+    changes: list[int] = []
+    view.add_listener(lambda: changes.append(len(view.upstreams)))
+    for worker_id in ("a", "b"):
+        view.apply_event(Event(EventType.JOIN, worker_id, make_record(worker_id, URL)))
+    assert changes == [1, 2]
+
+    view.contact_lost()
+    clock.now += 10.0  # the outage: nothing is aged meanwhile
+    assert view.expire() == []
+    # Redis is back, empty: neither absence nor silence drops anyone for 2 x stale_s.
+    for _ in range(4):
+        view.apply_snapshot(Snapshot({}, {}), started_at=clock.now - 0.01)
+        assert view.expire() == []
+        clock.now += 1.2
+    assert sorted(view.upstreams) == ["a", "b"]
+    # "a" re-registers; "b" never does and is gone once the grace is over.
+    again = replace(make_record("a", URL), heartbeat_ms=make_record("a", URL).heartbeat_ms + 5)
+    view.apply_event(Event(EventType.JOIN, "a", again))
+    clock.now += 0.3  # 5.1 s since the recovery
+    view.apply_snapshot(Snapshot({"a": again}, {}), started_at=clock.now - 0.01)
+    assert list(view.upstreams) == ["a"]
+    assert changes[-1] == 1
+
+
+def test_a_slots_change_is_a_capacity_change() -> None:
+    view = RegistryView(stale_s=2.5, clock=FakeClock())
+    record = make_record("a", URL, slots=1)
+    view.apply_event(Event(EventType.JOIN, "a", record))
+    calls: list[None] = []
+    view.add_listener(lambda: calls.append(None))
+    bigger = replace(record, slots=3, heartbeat_ms=record.heartbeat_ms + 1)
+    view.apply_event(Event(EventType.LOAD, "a", bigger))
+    assert view.upstreams["a"].slots == 3
+    assert len(calls) == 1
+
+
 async def _watch(redis: Redis[bytes], view: RegistryView, refresh_s: float) -> RegistryWatcher:
     watcher = RegistryWatcher(redis, view, RouterMetrics(), refresh_s=refresh_s, read_timeout_s=1)
     await watcher.start()

@@ -1,0 +1,50 @@
+"""The heartbeat through a Redis outage: it keeps serving, backs off, and re-registers alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from router.registry import WorkerState, read_snapshot
+from tests.processes import RedisServer
+from worker.heartbeat import MAX_BACKOFF_S
+
+from .conftest import StartWorker
+
+CHAT = "/v1/chat/completions"
+
+
+async def test_reregisters_after_redis_comes_back_empty(
+    start_worker: StartWorker, tmp_path: Path
+) -> None:
+    server = RedisServer.create(tmp_path)
+    server.start()
+    redis: Redis[bytes] = Redis.from_url(server.url)
+    try:
+        client = await start_worker(redis_url=server.url, worker_id="w-out")
+        assert "w-out" in (await read_snapshot(redis)).workers
+        await asyncio.to_thread(server.stop)
+        await asyncio.sleep(3 * MAX_BACKOFF_S)  # long enough to reach the backoff cap
+        body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+        assert (await client.post(CHAT, json=body)).status == 200  # serving throughout
+        await asyncio.to_thread(server.start)  # empty: it saved nothing
+        back = time.monotonic()
+        while not await _registered(redis, "w-out"):
+            assert time.monotonic() - back < MAX_BACKOFF_S + 1.0, "no re-registration"
+            await asyncio.sleep(0.05)
+        record = (await read_snapshot(redis)).workers["w-out"]
+        assert record.state is WorkerState.READY
+    finally:
+        await redis.aclose()  # type: ignore[attr-defined]  # types-redis predates it
+        server.stop()
+
+
+async def _registered(redis: Redis[bytes], worker_id: str) -> bool:
+    try:
+        return worker_id in (await read_snapshot(redis)).workers
+    except RedisConnectionError:  # our own pooled connection died with the old server
+        return False
