@@ -34,6 +34,7 @@ from benchmarks.loadgen import run_in_new_loop
 from benchmarks.meta import finish, run_metadata
 from benchmarks.metrics import DEFAULT_PERCENTILES, Slo
 from benchmarks.runner import LevelResult, Load, Runner
+from benchmarks.scenario import int_list
 from benchmarks.workload import (
     LengthDist,
     SyntheticWorkload,
@@ -133,16 +134,6 @@ def console_table(runs: Sequence[dict[str, Any]]) -> str:
 # --- CLI --------------------------------------------------------------------------------------
 
 
-def _positive_ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers, e.g. 1,2,4; got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
-
-
 def _rates(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
@@ -207,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--timeout-s", type=float, default=300.0, help="per request, in total")
     g = p.add_argument_group("load (closed loop: --concurrency; open loop: --request-rate)")
     mode = g.add_mutually_exclusive_group()
-    mode.add_argument("--concurrency", type=_positive_ints, help="e.g. 1,2,4,8 (a sweep)")
+    mode.add_argument("--concurrency", type=int_list, help="e.g. 1,2,4,8 (a sweep)")
     mode.add_argument("--request-rate", type=_rates, help="requests/s, e.g. 1,2,4 or inf")
     g.add_argument("--burstiness", type=float, default=1.0, help="gamma shape; 1 = Poisson")
     g.add_argument("--max-concurrency", type=int, help="open loop: cap on requests in flight")

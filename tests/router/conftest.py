@@ -6,8 +6,6 @@ its client hangs up) registered in Redis with router.registry.publish_worker, as
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,21 +19,6 @@ from router.config import RouterConfig
 from router.registry import WorkerState, publish_worker
 
 from .fakes import MODEL, TTL_MS, FakeWorker, RedisServer, RouterFactory, StartWorker, make_record
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer.create(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis[bytes]]:
-    client: Redis[bytes] = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()  # type: ignore[attr-defined]  # types-redis predates it
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ tests/router/fakes.py) registered as a worker would, and the router app on a tes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -26,21 +25,6 @@ from tests.router.fakes import MODEL, TTL_MS, FakeWorker, RedisServer, eventuall
 
 BASE_DOMAIN = "api.localtest"
 Client = TestClient[web.Request, web.Application]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer.create(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis[bytes]]:
-    client: Redis[bytes] = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()  # type: ignore[attr-defined]  # types-redis predates it
 
 
 @pytest.fixture
