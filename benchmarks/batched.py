@@ -48,7 +48,7 @@ from typing import Any
 import llama_cpp
 
 from benchmarks import bare_loop
-from router.wire import Message
+from contract.wire import Message
 from worker.batched_engine import BatchedLlamaEngine, ChatPrompt, LoadedModel
 from worker.config import ConfigError, resolve_model_path
 from worker.engine import Engine, Finished, SamplingParams

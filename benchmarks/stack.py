@@ -11,7 +11,7 @@ Workers run the fake engine unless `engine` says otherwise (`llama` with a `mode
 `per_worker_args` gives worker i extra CLI arguments (e.g. a slower fake token rate), appended
 last so they win. `routers` replicas share the one Redis.
 
-Readiness: redis answers PING; each worker's record is in the registry (router.registry); every
+Readiness: redis answers PING; each worker's record is in the registry (contract.registry); every
 router's GET /v1/models lists the model.
 """
 
@@ -36,7 +36,7 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
-from router.registry import WorkerState, read_snapshot
+from contract.registry import WorkerState, read_snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from aiohttp import hdrs, web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from contract.errors import ModelNotFound, NotFound, ServiceUnavailable
 from router import tenancy
 from router.config import RouterConfig
-from router.errors import ModelNotFound, NotFound, ServiceUnavailable
 from router.ratelimit import UNLIMITED, Decision, RateLimiter
 from router.tenancy import Endpoint, EndpointCache, KeyCache, KeyRecord
 from router.ttlcache import TtlCache

@@ -42,9 +42,9 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from contract.errors import ApiError, AuthenticationFailed
+from contract.registry import now_ms
 from router import tenancy
-from router.errors import ApiError, AuthenticationFailed
-from router.registry import now_ms
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_ROUTER_URL = "http://127.0.0.1:8080"

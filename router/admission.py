@@ -37,8 +37,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from contract.errors import ServiceUnavailable
 from router.breaker import BreakerSettings
-from router.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
     from router.balancer import Policy

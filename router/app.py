@@ -17,10 +17,10 @@ from redis.asyncio import Redis
 from router import handlers
 from router.access import Access
 from router.admission import Admission, AdmissionSettings
+from router.appkeys import ACCESS, ADMISSION, CONFIG, METRICS, POLICY, REDIS, RELAY, VIEW
 from router.balancer import Policy, make_policy
 from router.breaker import BreakerSettings
 from router.config import RouterConfig
-from router.keys import ACCESS, ADMISSION, CONFIG, METRICS, POLICY, REDIS, RELAY, VIEW
 from router.metrics import RouterMetrics
 from router.middleware import edge_middleware
 from router.proxy import Relay, create_session

@@ -19,6 +19,7 @@ replica's open requests to the worker, for metrics.
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Container, Sequence
 from typing import Final, Protocol, TypeVar
@@ -82,7 +83,14 @@ class WorkerLoad:
 
 
 L = TypeVar("L", bound=WorkerLoad)
-POLICIES: Final = ("least-loaded", "round-robin", "random")
+
+
+class PolicyName(enum.StrEnum):
+    """What `--policy` accepts."""
+
+    LEAST_LOADED = "least-loaded"
+    ROUND_ROBIN = "round-robin"
+    RANDOM = "random"
 
 
 class RandomSource(Protocol):
@@ -160,12 +168,12 @@ class Uniform:
         return best
 
 
-def make_policy(name: str, rng: RandomSource | None = None) -> Policy:
-    """The policy `--policy` names; ValueError for any other name."""
-    if name == "least-loaded":
-        return LeastLoaded(rng)
-    if name == "round-robin":
-        return RoundRobin()
-    if name == "random":
-        return Uniform(rng)
-    raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {name!r}")
+def make_policy(name: PolicyName, rng: RandomSource | None = None) -> Policy:
+    """The policy `--policy` names."""
+    match name:
+        case PolicyName.LEAST_LOADED:
+            return LeastLoaded(rng)
+        case PolicyName.ROUND_ROBIN:
+            return RoundRobin()
+        case PolicyName.RANDOM:
+            return Uniform(rng)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from router.balancer import POLICIES
+from router.balancer import PolicyName
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -31,7 +31,7 @@ class RouterConfig:
     base_domain: str | None = None  # DNS suffix of `{endpoint}.{project}.{base_domain}` hosts
     key_cache_ttl_s: float = 2.0  # a revoked key stops working within this on every replica
     # -- Overload and faults (router.admission, router.breaker, router.proxy) --
-    policy: str = "least-loaded"  # least-loaded | round-robin | random (router.balancer)
+    policy: PolicyName = PolicyName.LEAST_LOADED
     first_token_timeout_s: float = 300.0  # request sent -> first byte back (non-stream: answer)
     body_timeout_s: float = 30.0  # longest time to receive a client's request body
     queue_max: int = 256  # requests waiting for worker capacity, per model; more get 503
@@ -78,8 +78,10 @@ class RouterConfig:
             )
 
     def _check_overload(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.policy not in set(PolicyName):
+            names = ", ".join(PolicyName)
+            raise ValueError(f"policy must be one of {names}, got {self.policy!r}")
+        object.__setattr__(self, "policy", PolicyName(self.policy))
         for name in (
             "first_token_timeout_s",
             "body_timeout_s",

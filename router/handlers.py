@@ -10,23 +10,22 @@ import orjson
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from router.access import OPEN
-from router.errors import (
+from contract.errors import (
     ApiError,
     ModelNotFound,
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from contract.wire import model_object, parse_chat_request
+from router.access import OPEN
+from router.appkeys import ACCESS, CONFIG, METRICS, RELAY, REQUEST_ID, VIEW
 from router.intake import read_body
-from router.keys import ACCESS, CONFIG, METRICS, RELAY, REQUEST_ID, VIEW
 from router.metrics import CANCELLED, OTHER_MODEL, status_class
 from router.proxy import TokenMeter
 from router.snapshot import RegistryView
-from router.wire import parse_chat_request
 
 JSON: Final = "application/json"
 NO_WORKER_RETRY_AFTER_S: Final = 1.0
-OWNED_BY: Final = "xerotier"
 NO_PROJECT: Final = "none"  # the project label of requests without a known project
 # Refusals before any worker is involved, by status; 502/504 are upstream errors, not these.
 _REJECTION_REASONS: Final = {
@@ -126,10 +125,6 @@ def _no_worker(view: RegistryView, model: str) -> ApiError:
     return ModelNotFound(model)
 
 
-def _model_object(model: str, created: int) -> dict[str, Any]:
-    return {"id": model, "object": "model", "created": created, "owned_by": OWNED_BY}
-
-
 def _json(payload: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(payload), status=status, content_type=JSON)
 
@@ -138,7 +133,7 @@ async def list_models(request: web.Request) -> web.Response:
     view = request.app[VIEW]
     scope = await request.app[ACCESS].scope(request)
     models = sorted(m for m in view.ready if scope.allows(m))
-    data = [_model_object(m, view.models.get(m, 0)) for m in models]
+    data = [model_object(m, view.models.get(m, 0)) for m in models]
     _count_models(request, 200)
     return _json({"object": "list", "data": data})
 
@@ -151,7 +146,7 @@ async def retrieve_model(request: web.Request) -> web.Response:
         _count_models(request, 404)
         raise ModelNotFound(model)
     _count_models(request, 200)
-    return _json(_model_object(model, view.models.get(model, 0)))
+    return _json(model_object(model, view.models.get(model, 0)))
 
 
 def _count_models(request: web.Request, status: int) -> None:

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from router.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
+from contract.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 
 
 async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> bytes:

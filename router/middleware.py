@@ -8,15 +8,8 @@ import os
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from router.errors import (
-    ApiError,
-    InvalidRequest,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    internal_error_body,
-)
-from router.keys import REQUEST_ID
+from contract.errors import ApiError, for_http_status, internal_error_body
+from router.appkeys import REQUEST_ID
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +57,8 @@ def _sane(request_id: str) -> bool:
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     """aiohttp's own refusals (no route, wrong method, body too large) in OpenAI's shape."""
-    where = f"{request.method} {request.path}"
-    error: ApiError
-    if exc.status == 404:
-        error = NotFound(f"Invalid URL ({where})", code=None)
-    elif exc.status == 405:
-        error = MethodNotAllowed(f"Method not allowed ({where})")
-    elif exc.status == 413:
-        error = PayloadTooLarge("The request body is too large.")
-    elif exc.status < 500:
-        error = InvalidRequest(exc.reason)
-    else:
+    error = for_http_status(exc.status, request.method, request.path, exc.reason)
+    if error is None:
         return web.Response(status=exc.status, body=internal_error_body(), content_type=JSON)
     response = web.Response(status=exc.status, body=error.body(), content_type=JSON)
     allow = exc.headers.get(hdrs.ALLOW)

@@ -46,11 +46,18 @@ from aiohttp import (
 )
 from multidict import CIMultiDict
 
+from contract.errors import ServiceUnavailable, UpstreamFailed, UpstreamTimeout
+from contract.sse import (
+    EVENT_STREAM,
+    FRAME_END,
+    USAGE_TRAILER_HEADER,
+    USAGE_TRAILER_PREFIX,
+    error_event,
+    trailer_total_tokens,
+)
 from router.admission import Admission, Grant
 from router.config import RouterConfig
-from router.errors import ServiceUnavailable, UpstreamFailed, UpstreamTimeout, sse_error_event
 from router.metrics import ChatSeries, RouterMetrics
-from router.wire import USAGE_TRAILER_HEADER, USAGE_TRAILER_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +79,6 @@ _DROPPED_HEADERS: Final = frozenset(
         "server",
     }
 )
-EVENT_STREAM: Final = "text/event-stream"
-FRAME_END: Final = b"\n\n"
 BUSY_RETRY_AFTER_S: Final = 1.0
 NO_WORKER_RETRY_AFTER_S: Final = 1.0
 
@@ -114,7 +119,7 @@ class TokenMeter:
 
 
 def _take_usage(frames: bytes, meter: TokenMeter) -> bytes:
-    """Strip the worker's usage trailer (router.wire) from whole frames, noting its total."""
+    """Strip the worker's usage trailer (contract.sse) from whole frames, noting its total."""
     start = frames.find(FRAME_END + USAGE_TRAILER_PREFIX)
     if start >= 0:
         start += len(FRAME_END)
@@ -123,9 +128,9 @@ def _take_usage(frames: bytes, meter: TokenMeter) -> bytes:
     else:
         return frames
     end = frames.find(FRAME_END, start) + len(FRAME_END)
-    with contextlib.suppress(ValueError, KeyError, TypeError):
-        usage = orjson.loads(frames[start + len(USAGE_TRAILER_PREFIX) : end - len(FRAME_END)])
-        meter.total_tokens = int(usage["total_tokens"])
+    total = trailer_total_tokens(frames[start:end])
+    if total is not None:
+        meter.total_tokens = total
     return frames[:start] + frames[end:]
 
 
@@ -396,7 +401,7 @@ class Relay:
             self._metrics.upstream_errors.labels(worker, "timeout").inc()
             self._admission.failed(grant)
             logger.warning("worker %s went silent mid-stream", worker)
-            return sse_error_event(UpstreamTimeout("The worker stopped sending in time."))
+            return error_event(UpstreamTimeout("The worker stopped sending in time."))
         except ConnectionResetError:
             raise  # the client's side, handled by the caller
         except (ClientPayloadError, ClientConnectionError):
@@ -406,7 +411,7 @@ class Relay:
             self._metrics.upstream_errors.labels(worker, "broken").inc()
             self._admission.failed(grant)
             logger.warning("worker %s failed mid-stream", worker)
-            return sse_error_event(UpstreamFailed("The worker failed mid-stream."))
+            return error_event(UpstreamFailed("The worker failed mid-stream."))
 
 
 def _plain(

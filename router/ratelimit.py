@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from router.errors import RateLimited
+from contract.errors import RateLimited
 from router.tenancy import ratelimit_key
 
 if TYPE_CHECKING:

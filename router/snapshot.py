@@ -32,9 +32,7 @@ from typing import TYPE_CHECKING, Final
 
 from yarl import URL
 
-from router.balancer import WorkerLoad
-from router.breaker import Breaker
-from router.registry import (
+from contract.registry import (
     EVENTS_CHANNEL,
     Event,
     EventType,
@@ -43,6 +41,8 @@ from router.registry import (
     WorkerState,
     read_snapshot,
 )
+from router.balancer import WorkerLoad
+from router.breaker import Breaker
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from router.errors import AuthenticationFailed, ModelNotFound, NotFound
-from router.registry import now_ms
+from contract.errors import AuthenticationFailed, ModelNotFound, NotFound
+from contract.registry import now_ms
 from router.ttlcache import TtlCache
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from router.errors import ServiceUnavailable
+from contract.errors import ServiceUnavailable
 
 RETRY_AFTER_S = 1.0
 

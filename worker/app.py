@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from worker import keys
+from worker import appkeys
 from worker.admission import Admission
 from worker.config import WorkerConfig
 from worker.engine import Engine
@@ -67,12 +67,14 @@ def build_engine(config: WorkerConfig) -> Engine:
 
 
 async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
-    engine = app[keys.ENGINE]
+    engine = app[appkeys.ENGINE]
     started = time.monotonic()
     await engine.load()
     load_s = time.monotonic() - started
-    app[keys.METRICS].model_load_seconds.set(load_s)
-    logger.info("model %s loaded in %.2fs on %s", app[keys.CONFIG].model_id, load_s, engine.device)
+    app[appkeys.METRICS].model_load_seconds.set(load_s)
+    logger.info(
+        "model %s loaded in %.2fs on %s", app[appkeys.CONFIG].model_id, load_s, engine.device
+    )
     yield
     await engine.close()
 
@@ -85,11 +87,11 @@ def create_app(config: WorkerConfig, engine: Engine | None = None) -> web.Applic
     metrics = WorkerMetrics()
     metrics.track_load(admission)
 
-    app[keys.CONFIG] = config
-    app[keys.ENGINE] = engine
-    app[keys.ADMISSION] = admission
-    app[keys.METRICS] = metrics
-    app[keys.STARTED_S] = int(time.time())
+    app[appkeys.CONFIG] = config
+    app[appkeys.ENGINE] = engine
+    app[appkeys.ADMISSION] = admission
+    app[appkeys.METRICS] = metrics
+    app[appkeys.STARTED_S] = int(time.time())
 
     app.cleanup_ctx.append(engine_ctx)
     app.cleanup_ctx.append(redis_ctx)

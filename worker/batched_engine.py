@@ -50,8 +50,8 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from router.errors import InvalidRequest, ServiceUnavailable
-from router.wire import Message
+from contract.errors import InvalidRequest, ServiceUnavailable
+from contract.wire import Message
 from worker.engine import Finished, FinishReason, SamplingParams, context_exceeded
 from worker.llama_engine import ChatPrompt
 from worker.stops import StopMatcher

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from worker import keys
+from worker import appkeys
 from worker.app import create_app
 from worker.config import ConfigError, WorkerConfig, build_parser, load_config
 
@@ -79,7 +79,7 @@ async def serve(config: WorkerConfig) -> None:
         await stop.wait()
         logger.info("shutting down")
         # 1-2. Drain with the listener open: refuse new work, let admitted work finish.
-        await app[keys.HEARTBEAT].drain()
+        await app[appkeys.HEARTBEAT].drain()
     finally:
         # 3. Close the listener and cancel what is left after SHUTDOWN_GRACE_S; then the
         #    cleanup contexts, in reverse: stop heartbeat + deregister, close Redis, close engine.

@@ -1,4 +1,4 @@
-"""OpenAI chat-completion objects: the JSON response, the SSE chunks, the model object.
+"""OpenAI chat-completion objects: the JSON response and the SSE chunks.
 
 Key order follows OpenAI's own responses, so byte-level diffs against them stay readable.
 """
@@ -9,22 +9,12 @@ import secrets
 import time
 from typing import Any
 
-import orjson
-
-from router.wire import USAGE_TRAILER_PREFIX
+from contract import sse
 from worker.engine import Finished, FinishReason
-
-SSE_DONE = b"data: [DONE]\n\n"
-OWNED_BY = "xerotier"
 
 
 def new_completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(15)
-
-
-def sse_frame(obj: Any) -> bytes:
-    """One whole SSE event, written in one write so a relay never sees half a frame."""
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 def usage(finished: Finished) -> dict[str, int]:
@@ -66,7 +56,7 @@ class ChunkWriter:
         self._created = int(time.time())
         self._model = model
         self._include_usage = include_usage
-        self._usage_trailer = usage_trailer  # see router.wire.USAGE_TRAILER_HEADER
+        self._usage_trailer = usage_trailer  # see contract.sse
 
     def _chunk(self, delta: dict[str, str], finish_reason: FinishReason | None = None) -> bytes:
         chunk: dict[str, Any] = {
@@ -81,7 +71,7 @@ class ChunkWriter:
         }
         if self._include_usage:
             chunk["usage"] = None
-        return sse_frame(chunk)
+        return sse.frame(chunk)
 
     def role(self) -> bytes:
         return self._chunk({"role": "assistant", "content": ""})
@@ -93,7 +83,7 @@ class ChunkWriter:
         """The finish chunk, then (if asked for) the usage chunk, then [DONE]."""
         frames = self._chunk({}, finished.reason)
         if self._include_usage:
-            frames += sse_frame(
+            frames += sse.frame(
                 {
                     "id": self._id,
                     "object": "chat.completion.chunk",
@@ -105,9 +95,5 @@ class ChunkWriter:
                 }
             )
         if self._usage_trailer:
-            frames += USAGE_TRAILER_PREFIX + orjson.dumps(usage(finished)) + b"\n\n"
-        return frames + SSE_DONE
-
-
-def model_object(model: str, created_s: int) -> dict[str, Any]:
-    return {"id": model, "object": "model", "created": created_s, "owned_by": OWNED_BY}
+            frames += sse.usage_trailer(usage(finished))
+        return frames + sse.DONE

@@ -5,7 +5,7 @@ by exactly one `Finished`. Implementations: `LlamaEngine` (llama-cpp-python, the
 `FakeEngine` (fixed timing, deterministic text; for router tests and benchmarks only).
 
 Contract every engine keeps:
-- `stream()` raises `router.errors.ContextLengthExceeded` before yielding anything when the
+- `stream()` raises `contract.errors.ContextLengthExceeded` before yielding anything when the
   prompt does not fit the context.
 - Blocking work (model load, tokenisation of long prompts, decoding) never runs on the event loop.
 - When the consumer stops iterating (closes the generator or its task is cancelled), generation
@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from router.errors import ContextLengthExceeded
-from router.wire import ChatRequest, Message
+from contract.errors import ContextLengthExceeded
+from contract.wire import ChatRequest, Message
 
 FinishReason = Literal["stop", "length"]
 

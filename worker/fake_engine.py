@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from router.wire import Message
+from contract.wire import Message
 from worker.engine import Finished, FinishReason, SamplingParams, context_exceeded
 from worker.stops import StopMatcher
 

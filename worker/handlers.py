@@ -15,38 +15,23 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from router.errors import (
+from contract import sse
+from contract.errors import (
     ApiError,
-    InvalidRequest,
-    MethodNotAllowed,
     ModelNotFound,
-    NotFound,
-    PayloadTooLarge,
     ServiceUnavailable,
-    UnsupportedMediaType,
+    for_http_status,
     internal_error_body,
-    sse_error_event,
 )
-from router.wire import USAGE_TRAILER_HEADER, ChatRequest, parse_chat_request
-from worker import keys
-from worker.completions import ChunkWriter, completion, model_object, new_completion_id
+from contract.wire import ChatRequest, model_object, parse_chat_request
+from worker import appkeys
+from worker.completions import ChunkWriter, completion, new_completion_id
 from worker.engine import Finished, SamplingParams
 from worker.metrics import CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
-HTTP_ERRORS: dict[int, type[ApiError]] = {
-    404: NotFound,
-    405: MethodNotAllowed,
-    413: PayloadTooLarge,
-    415: UnsupportedMediaType,
-}
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
@@ -61,7 +46,7 @@ def error_response(error: ApiError, extra_headers: dict[str, str] | None = None)
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as an OpenAI error body; nothing leaks a traceback."""
-    metrics = request.app[keys.METRICS]
+    metrics = request.app[appkeys.METRICS]
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     status: int | None = None
@@ -88,13 +73,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     """aiohttp's own errors (unknown route, wrong method, body too large) in OpenAI's shape."""
-    if exc.status == 404:
-        message = f"Invalid URL ({request.method} {request.path})"
-    elif exc.status == 405:
-        message = f"Method {request.method} is not allowed for {request.path}"
-    else:
-        message = exc.text or exc.reason
-    error = HTTP_ERRORS.get(exc.status, InvalidRequest)(message)
+    error = for_http_status(exc.status, request.method, request.path, exc.text or exc.reason)
+    if error is None:
+        return web.Response(body=internal_error_body(), status=exc.status, content_type=JSON)
     allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
     response = error_response(error, allow)
     response.set_status(exc.status)
@@ -102,12 +83,12 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    config = request.app[keys.CONFIG]
+    config = request.app[appkeys.CONFIG]
     chat = parse_chat_request(await request.read())
     if chat.model != config.model_id:
         raise ModelNotFound(chat.model)
-    admission = request.app[keys.ADMISSION]
-    metrics = request.app[keys.METRICS]
+    admission = request.app[appkeys.ADMISSION]
+    metrics = request.app[appkeys.METRICS]
     arrived = time.monotonic()
     try:
         async with admission.slot():
@@ -119,8 +100,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _generate(request: web.Request, chat: ChatRequest) -> web.StreamResponse:
-    engine = request.app[keys.ENGINE]
-    metrics = request.app[keys.METRICS]
+    engine = request.app[appkeys.ENGINE]
+    metrics = request.app[appkeys.METRICS]
     started = time.monotonic()
     stream = engine.stream(chat.messages, SamplingParams.from_request(chat))
     try:
@@ -164,7 +145,9 @@ async def _collect(
     while not isinstance(item, Finished):
         parts.append(item)
         item = await _next_output(request, rest)
-    body = completion(new_completion_id(), request.app[keys.CONFIG].model_id, "".join(parts), item)
+    body = completion(
+        new_completion_id(), request.app[appkeys.CONFIG].model_id, "".join(parts), item
+    )
     return json_response(body), item
 
 
@@ -176,11 +159,11 @@ async def _send_stream(
 ) -> tuple[web.StreamResponse, Finished | None]:
     chunks = ChunkWriter(
         new_completion_id(),
-        request.app[keys.CONFIG].model_id,
+        request.app[appkeys.CONFIG].model_id,
         include_usage=chat.include_usage,
-        usage_trailer=USAGE_TRAILER_HEADER in request.headers,
+        usage_trailer=sse.USAGE_TRAILER_HEADER in request.headers,
     )
-    response = web.StreamResponse(headers=SSE_HEADERS)
+    response = web.StreamResponse(headers=sse.HEADERS)
     await response.prepare(request)
     try:
         await response.write(chunks.role())
@@ -191,7 +174,7 @@ async def _send_stream(
             try:
                 item = await _next_output(request, rest)
             except ApiError as exc:
-                await response.write(sse_error_event(exc))
+                await response.write(sse.error_event(exc))
                 await response.write_eof()
                 return response, None
         await response.write(chunks.finish(item))
@@ -215,28 +198,28 @@ async def _next_output(
         raise
     except Exception:
         logger.exception("engine failed mid-generation")
-    request.app[keys.METRICS].engine_errors.inc()
+    request.app[appkeys.METRICS].engine_errors.inc()
     raise ApiError("The server had an error while processing your request.")
 
 
 async def list_models(request: web.Request) -> web.Response:
-    model = model_object(request.app[keys.CONFIG].model_id, request.app[keys.STARTED_S])
+    model = model_object(request.app[appkeys.CONFIG].model_id, request.app[appkeys.STARTED_S])
     return json_response({"object": "list", "data": [model]})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    model_id = request.app[keys.CONFIG].model_id
+    model_id = request.app[appkeys.CONFIG].model_id
     if request.match_info["model"] != model_id:
         raise ModelNotFound(request.match_info["model"])
-    return json_response(model_object(model_id, request.app[keys.STARTED_S]))
+    return json_response(model_object(model_id, request.app[appkeys.STARTED_S]))
 
 
 async def health(request: web.Request) -> web.Response:
-    admission = request.app[keys.ADMISSION]
+    admission = request.app[appkeys.ADMISSION]
     draining = admission.draining
     body = {
         "status": "unavailable" if draining else "ok",
-        "model": request.app[keys.CONFIG].model_id,
+        "model": request.app[appkeys.CONFIG].model_id,
         "state": "draining" if draining else "ready",
         "running": admission.running,
         "waiting": admission.waiting,
@@ -246,7 +229,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[keys.METRICS].render()
+    body = request.app[appkeys.METRICS].render()
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE
     return response

@@ -1,6 +1,6 @@
 """The worker's life in the registry: register, heartbeat, drain, deregister.
 
-Each heartbeat writes the full record with a TTL (`router.registry.publish_worker`), so a worker
+Each heartbeat writes the full record with a TTL (`contract.registry.publish_worker`), so a worker
 killed with -9 expires within one TTL, and a worker that lost Redis for a while re-registers by
 itself on the first heartbeat that gets through. The loop publishes every interval, or sooner
 when admission reports a change in load, at most `1 / MIN_GAP_S` times a second. While Redis is
@@ -29,9 +29,9 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
-from router.registry import EventType, WorkerRecord, WorkerState, now_ms, publish_worker
-from router.registry import remove_worker as registry_remove_worker
-from worker import keys
+from contract.registry import EventType, WorkerRecord, WorkerState, now_ms, publish_worker
+from contract.registry import remove_worker as registry_remove_worker
+from worker import appkeys
 from worker.admission import Admission
 from worker.config import WorkerConfig
 from worker.engine import Engine
@@ -189,13 +189,13 @@ class Heartbeat:
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[keys.CONFIG]
+    config = app[appkeys.CONFIG]
     redis: Redis[Any] = Redis.from_url(
         config.redis_url,
         socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,
     )
-    app[keys.REDIS] = redis
+    app[appkeys.REDIS] = redis
     yield
     # types-redis 4.6 predates aclose(); close() is deprecated in the redis 5+ we run.
     await redis.aclose()  # type: ignore[attr-defined,unused-ignore]
@@ -203,8 +203,10 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     """Registers after the engine has loaded (its cleanup_ctx comes first)."""
-    heartbeat = Heartbeat(app[keys.REDIS], app[keys.CONFIG], app[keys.ENGINE], app[keys.ADMISSION])
-    app[keys.HEARTBEAT] = heartbeat
+    heartbeat = Heartbeat(
+        app[appkeys.REDIS], app[appkeys.CONFIG], app[appkeys.ENGINE], app[appkeys.ADMISSION]
+    )
+    app[appkeys.HEARTBEAT] = heartbeat
     await heartbeat.start()
     yield
     # The CLI drains before closing the listening socket; run_app and tests reach here through
@@ -215,4 +217,4 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def drain_on_shutdown(app: web.Application) -> None:
     """on_shutdown runs after the listener closed but while handlers may still run."""
-    await app[keys.HEARTBEAT].drain()
+    await app[appkeys.HEARTBEAT].drain()

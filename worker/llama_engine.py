@@ -32,8 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from router.errors import InvalidRequest
-from router.wire import Message
+from contract.errors import InvalidRequest
+from contract.wire import Message
 from worker.engine import Finished, FinishReason, SamplingParams, context_exceeded
 from worker.stops import StopMatcher
 

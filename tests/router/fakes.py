@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDictProxy
 
-from router.registry import WorkerRecord, WorkerState, now_ms
+from contract.registry import WorkerRecord, WorkerState, now_ms
 from tests.processes import RedisServer, free_port
 
 __all__ = ["RedisServer", "free_port"]

@@ -12,8 +12,8 @@ from aiohttp import ClientTimeout, web
 from pytest_aiohttp import AiohttpServer
 from redis.asyncio import Redis
 
-from router.keys import ADMISSION, VIEW
-from router.registry import WorkerState, now_ms, publish_worker
+from contract.registry import WorkerState, now_ms, publish_worker
+from router.appkeys import ADMISSION, VIEW
 
 from .fakes import MODEL, STREAM_FRAMES, TTL_MS, RouterFactory, StartWorker, eventually, make_record
 from .test_app import CHAT, JSON_HEADERS, app_of, chat_body, error_of, sample

@@ -11,8 +11,8 @@ from aiohttp.test_utils import TestClient
 from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
-from router.keys import METRICS, VIEW
-from router.registry import WorkerState, publish_worker, remove_worker
+from contract.registry import WorkerState, publish_worker, remove_worker
+from router.appkeys import METRICS, VIEW
 
 from .fakes import (
     MODEL,

@@ -7,8 +7,7 @@ from dataclasses import replace
 
 from redis.asyncio import Redis
 
-from router.metrics import RouterMetrics
-from router.registry import (
+from contract.registry import (
     EVENTS_CHANNEL,
     MODELS_KEY,
     WORKERS_KEY,
@@ -21,6 +20,7 @@ from router.registry import (
     remove_worker,
     worker_key,
 )
+from router.metrics import RouterMetrics
 from router.snapshot import RegistryView, RegistryWatcher
 
 from .fakes import MODEL, RedisServer, eventually, make_record

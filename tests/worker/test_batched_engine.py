@@ -23,8 +23,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.errors import ContextLengthExceeded, ServiceUnavailable
-from router.wire import Message
+from contract.errors import ContextLengthExceeded, ServiceUnavailable
+from contract.wire import Message
 from worker.config import ConfigError, resolve_model_path
 from worker.engine import Finished, SamplingParams
 from worker.llama_engine import LlamaEngine

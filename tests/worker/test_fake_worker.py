@@ -18,10 +18,10 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from router.registry import WorkerState, read_snapshot, worker_key
-from router.wire import Message
+from contract.registry import WorkerState, read_snapshot, worker_key
+from contract.wire import Message
 from tests.processes import MODEL_ID, http_json, wait_until, worker_process
-from worker import keys
+from worker import appkeys
 from worker.engine import Finished, SamplingParams
 from worker.fake_engine import FakeEngine
 
@@ -284,9 +284,9 @@ async def test_queue_full_is_503_and_load_is_exact(start_worker: StartWorker) ->
     client = await start_worker(engine, max_queue=1)
     slow = chat(max_tokens=100)
     running = asyncio.create_task(client.post(CHAT, json=slow))
-    await eventually(lambda: client.app[keys.ADMISSION].running == 1)
+    await eventually(lambda: client.app[appkeys.ADMISSION].running == 1)
     waiting = asyncio.create_task(client.post(CHAT, json=slow))
-    await eventually(lambda: client.app[keys.ADMISSION].waiting == 1)
+    await eventually(lambda: client.app[appkeys.ADMISSION].waiting == 1)
     assert await health(client) == {
         "status": "ok", "model": MODEL, "state": "ready", "running": 1, "waiting": 1, "slots": 1
     }  # fmt: skip
@@ -300,7 +300,7 @@ async def test_queue_full_is_503_and_load_is_exact(start_worker: StartWorker) ->
     for task in (waiting, running):
         task.cancel()
     await asyncio.gather(running, waiting, return_exceptions=True)
-    admission = client.app[keys.ADMISSION]
+    admission = client.app[appkeys.ADMISSION]
     await eventually(lambda: (admission.running, admission.waiting) == (0, 0))
     await eventually(lambda: engine.open_streams == 0)
 
@@ -312,7 +312,7 @@ async def test_client_disconnect_mid_stream_stops_generation(start_worker: Start
     assert (await resp.content.readline()).startswith(b"data: ")
     assert engine.open_streams == 1
     resp.close()  # the client hangs up mid-stream
-    admission = client.app[keys.ADMISSION]
+    admission = client.app[appkeys.ADMISSION]
     await eventually(lambda: engine.open_streams == 0 and admission.running == 0)
     assert (await health(client))["running"] == 0
     # The slot is free again: the next request runs at once.
@@ -329,12 +329,14 @@ async def test_client_disconnect_before_first_token_stops_generation(
     await eventually(lambda: engine.open_streams == 1)
     request.cancel()
     await asyncio.gather(request, return_exceptions=True)
-    await eventually(lambda: engine.open_streams == 0 and client.app[keys.ADMISSION].running == 0)
+    await eventually(
+        lambda: engine.open_streams == 0 and client.app[appkeys.ADMISSION].running == 0
+    )
 
 
 async def test_slots_run_concurrently_then_fifo(start_worker: StartWorker) -> None:
     client = await start_worker(slots=2, fake_tokens_per_s=200)
-    admission = client.app[keys.ADMISSION]
+    admission = client.app[appkeys.ADMISSION]
     requests = [asyncio.create_task(client.post(CHAT, json=chat(max_tokens=10))) for _ in range(5)]
     seen_running = 0
     while not all(r.done() for r in requests):
@@ -410,8 +412,8 @@ async def test_registers_heartbeats_load_drains_and_deregisters(
         await eventually(published_running, timeout_s=1.0)
 
         # Drain: refused with 503, advertised as draining, and the in-flight stream completes.
-        drain = asyncio.create_task(client.app[keys.HEARTBEAT].drain())
-        await eventually(lambda: client.app[keys.ADMISSION].draining)
+        drain = asyncio.create_task(client.app[appkeys.HEARTBEAT].drain())
+        await eventually(lambda: client.app[appkeys.ADMISSION].draining)
         resp = await client.get("/health")
         assert resp.status == 503
         assert (await resp.json())["state"] == "draining"

@@ -9,7 +9,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from router.registry import WorkerState, read_snapshot
+from contract.registry import WorkerState, read_snapshot
 from tests.processes import RedisServer
 from worker.heartbeat import MAX_BACKOFF_S
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from router.errors import ContextLengthExceeded
-from router.wire import Message
+from contract.errors import ContextLengthExceeded
+from contract.wire import Message
 from worker.config import ConfigError, resolve_model_path
 from worker.engine import Finished, SamplingParams
 from worker.llama_engine import LlamaEngine

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from contract.errors import AuthenticationFailed
 from router import tenancy
 from router.admin import main
-from router.errors import AuthenticationFailed
 
 
 class Cli:

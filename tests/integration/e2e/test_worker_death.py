@@ -9,8 +9,8 @@ import pytest
 import redis
 from openai.types.chat import ChatCompletionMessageParam
 
-from router import registry
-from tests.e2e.conftest import Stack
+from contract import registry
+from tests.integration.e2e.conftest import Stack
 from tests.processes import MODEL_ID, http_json, wait_until
 
 pytestmark = pytest.mark.llama

@@ -16,7 +16,8 @@
     ├── UpstreamFailed               502 upstream_error
     └── UpstreamTimeout              504 timeout
 
-This module is pure (no aiohttp, no redis) so the worker can share it.
+`for_http_status` maps a web framework's own refusals (no route, wrong method, body too large)
+into the tree, so router and workers word them alike. Pure: no aiohttp, no redis.
 """
 
 from __future__ import annotations
@@ -163,6 +164,21 @@ def internal_error_body() -> bytes:
     )
 
 
-def sse_error_event(error: ApiError) -> bytes:
-    """The SSE frames that end a stream which failed after its first byte."""
-    return b"data: " + error.body() + b"\n\ndata: [DONE]\n\n"
+def for_http_status(status: int, method: str, path: str, reason: str) -> ApiError | None:
+    """The body for a framework's own 4xx refusal of `method path`; None for a 5xx.
+
+    The caller answers with `status` itself, which for a generic 4xx may differ from the
+    error's class status.
+    """
+    where = f"{method} {path}"
+    if status == 404:
+        return NotFound(f"Invalid URL ({where})", code=None)
+    if status == 405:
+        return MethodNotAllowed(f"Method not allowed ({where})")
+    if status == 413:
+        return PayloadTooLarge("The request body is too large.")
+    if status == 415:
+        return UnsupportedMediaType(reason)
+    if status < 500:
+        return InvalidRequest(reason)  # answered with the framework's own status (411, 431, ...)
+    return None

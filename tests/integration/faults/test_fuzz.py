@@ -28,9 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from contract.registry import publish_worker
 from router.app import create_app
 from router.config import RouterConfig
-from router.registry import publish_worker
 from tests.processes import RedisServer
 from tests.router.fakes import MODEL, TTL_MS, FakeWorker, make_record
 

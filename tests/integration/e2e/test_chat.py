@@ -9,7 +9,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.e2e.conftest import Stack
+from tests.integration.e2e.conftest import Stack
 from tests.processes import MODEL_ID, http_json, wait_until
 
 pytestmark = pytest.mark.llama

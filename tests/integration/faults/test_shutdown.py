@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from router.registry import WorkerState, read_snapshot
+from contract.registry import WorkerState, read_snapshot
 from tests.processes import HttpService
 
 from .conftest import Fleet

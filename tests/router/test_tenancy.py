@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from contract.errors import AuthenticationFailed, ModelNotFound, NotFound
+from contract.registry import now_ms
 from router import tenancy
-from router.errors import AuthenticationFailed, ModelNotFound, NotFound
-from router.registry import now_ms
 from router.tenancy import (
     INVALID_KEY,
     MISSING_KEY,

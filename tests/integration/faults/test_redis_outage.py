@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from router.registry import read_snapshot
+from contract.registry import read_snapshot
 
 from .conftest import Fleet
 from .load import Load, metric, report, running

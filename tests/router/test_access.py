@@ -16,11 +16,11 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from redis.asyncio import Redis
 
+from contract.registry import publish_worker
 from router import tenancy
 from router.app import create_app
+from router.appkeys import METRICS, VIEW
 from router.config import RouterConfig
-from router.keys import METRICS, VIEW
-from router.registry import publish_worker
 from tests.router.fakes import MODEL, TTL_MS, FakeWorker, RedisServer, eventually, make_record
 
 BASE_DOMAIN = "api.localtest"

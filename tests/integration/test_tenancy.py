@@ -24,9 +24,9 @@ import redis
 from openai.types.chat import ChatCompletionMessageParam
 from redis.asyncio import Redis as AsyncRedis
 
+from contract.registry import now_ms
 from router import tenancy
 from router.admin import main as admin_main
-from router.registry import now_ms
 from tests.processes import (
     MODEL_ID,
     HttpService,

@@ -1,4 +1,4 @@
-"""The OpenAI chat-completions request: parsing and validation, shared by router and worker.
+"""The OpenAI chat-completions request (parsing, validation) and the model object.
 
 Validation follows OpenAI's bounds and error shape (400 invalid_request_error with `param`), so
 a bad request is refused the same way whether it reaches the router or a worker directly.
@@ -8,11 +8,11 @@ Unknown keys are ignored, as OpenAI-compatible servers commonly do. Pure: no aio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
-from router.errors import InvalidRequest
+from contract.errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant"})
 MAX_STOP = 4
@@ -224,10 +224,9 @@ def _optional_number(data: dict[str, Any], key: str, low: float, high: float) ->
     return number
 
 
-# The router asks a worker for its usage out of band (only for keys with a tokens-per-minute
-# limit) by sending this header; the worker then ends a stream with one SSE comment frame,
-# `: usage {"prompt_tokens": ..., "completion_tokens": ..., "total_tokens": ...}`, before
-# `data: [DONE]`. SSE clients ignore comments, and the router strips the frame anyway, so what
-# the client receives stays byte-for-byte what OpenAI sends.
-USAGE_TRAILER_HEADER = "X-Usage-Trailer"
-USAGE_TRAILER_PREFIX = b": usage "
+OWNED_BY: Final = "xerotier"
+
+
+def model_object(model: str, created_s: int) -> dict[str, Any]:
+    """OpenAI's model object, as `GET /v1/models` lists it on both sides."""
+    return {"id": model, "object": "model", "created": created_s, "owned_by": OWNED_BY}
