@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -166,12 +165,3 @@ class StartWorker(Protocol):
 
 
 RouterFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
-
-
-async def eventually(check: Callable[[], bool], timeout_s: float = 3.0) -> None:
-    """Wait until check() holds, polling; fail the test after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)

@@ -21,7 +21,8 @@ from router import tenancy
 from router.app import create_app
 from router.appkeys import METRICS, VIEW
 from router.config import RouterConfig
-from tests.router.fakes import MODEL, TTL_MS, FakeWorker, RedisServer, eventually, make_record
+from tests.router.fakes import MODEL, TTL_MS, FakeWorker, RedisServer, make_record
+from tests.waits import eventually
 
 BASE_DOMAIN = "api.localtest"
 Client = TestClient[web.Request, web.Application]

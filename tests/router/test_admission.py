@@ -14,8 +14,9 @@ from redis.asyncio import Redis
 
 from contract.registry import WorkerState, now_ms, publish_worker
 from router.appkeys import ADMISSION, VIEW
+from tests.waits import eventually
 
-from .fakes import MODEL, STREAM_FRAMES, TTL_MS, RouterFactory, StartWorker, eventually, make_record
+from .fakes import MODEL, STREAM_FRAMES, TTL_MS, RouterFactory, StartWorker, make_record
 from .test_app import CHAT, JSON_HEADERS, app_of, chat_body, error_of, sample
 
 

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from contract.registry import WorkerState, publish_worker, remove_worker
 from router.appkeys import METRICS, VIEW
+from tests.waits import eventually
 
 from .fakes import (
     MODEL,
@@ -21,7 +22,6 @@ from .fakes import (
     TTL_MS,
     RouterFactory,
     StartWorker,
-    eventually,
     free_port,
     make_record,
 )

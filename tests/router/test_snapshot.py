@@ -22,8 +22,9 @@ from contract.registry import (
 )
 from router.metrics import RouterMetrics
 from router.snapshot import RegistryView, RegistryWatcher
+from tests.waits import eventually
 
-from .fakes import MODEL, RedisServer, eventually, make_record
+from .fakes import MODEL, RedisServer, make_record
 
 
 class FakeClock:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import inspect
 import io
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from redis.asyncio import Redis
 from contract.registry import WorkerState, read_snapshot, worker_key
 from contract.wire import Message
 from tests.processes import MODEL_ID, http_json, wait_until, worker_process
+from tests.waits import eventually
 from worker import appkeys
 from worker.engine import Finished, SamplingParams
 from worker.fake_engine import FakeEngine
@@ -44,16 +44,6 @@ def sse_events(raw: bytes) -> list[Any]:
         data = frame[len(b"data: ") :]
         events.append("[DONE]" if data == b"[DONE]" else orjson.loads(data))
     return events
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout_s: float = 3.0) -> None:
-    """Poll state the app owns (it has no hook for tests) until `check` holds, bounded."""
-    for _ in range(int(timeout_s / 0.01)):
-        result = check()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not true within {timeout_s} s")
 
 
 async def health(client: WorkerClient) -> dict[str, Any]:
