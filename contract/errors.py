@@ -172,7 +172,7 @@ def for_http_status(status: int, method: str, path: str, reason: str) -> ApiErro
     """
     where = f"{method} {path}"
     if status == 404:
-        return NotFound(f"Invalid URL ({where})", code=None)
+        return NotFound(f"Invalid URL ({where})")
     if status == 405:
         return MethodNotAllowed(f"Method not allowed ({where})")
     if status == 413:

@@ -130,8 +130,13 @@ class Event:
 
     @classmethod
     def decode(cls, data: bytes | str) -> Event:
+        """Decode one pub/sub message; ValueError, KeyError or TypeError if malformed."""
         raw = orjson.loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError("an event must be a JSON object")
         rec = raw.get("worker")
+        if rec is not None and not isinstance(rec, dict):
+            raise ValueError("an event's worker must be a JSON object")
         return cls(
             type=EventType(raw["type"]),
             worker_id=str(raw["worker_id"]),

@@ -123,7 +123,7 @@ def _messages(raw: Any) -> tuple[Message, ...]:
         if not isinstance(item, dict):
             raise InvalidRequest(f"'{where}' must be an object.", param=where)
         role = item.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(
                 f"Invalid value for '{where}.role': expected one of 'system', 'developer', "
                 "'user', 'assistant'.",
