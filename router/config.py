@@ -1,44 +1,98 @@
-"""The router's settings, parsed once at start (see router.cli) and never mutated."""
+"""The router's settings, parsed once at start and never mutated.
+
+Every field is also a flag and an environment variable (contract.options derives them): `--port`
+or ROUTER_PORT; the Redis URL also reads REDIS_URL. `parse_config` exits 2 on a bad value.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from contract.options import LogLevel, Options, member, meta
 from router.balancer import PolicyName
 
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 MAX_KEY_CACHE_TTL_S = 5.0
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+POSITIVE_FIELDS = (
+    "registry_refresh_s",
+    "worker_stale_s",
+    "connect_timeout_s",
+    "read_timeout_s",
+    "first_token_timeout_s",
+    "body_timeout_s",
+    "queue_timeout_s",
+    "breaker_open_s",
+)
+
+
+def _domain(text: str) -> str:
+    return text.strip().strip(".").lower()
 
 
 @dataclass(frozen=True, slots=True)
 class RouterConfig:
-    redis_url: str
-    host: str = "127.0.0.1"
-    port: int = 8080
-    registry_refresh_s: float = 1.0  # period of the full registry re-read
-    worker_stale_s: float = 2.5  # drop a worker this long after the last heartbeat we saw
-    connect_timeout_s: float = 3.0
-    read_timeout_s: float = 300.0  # longest silence between two upstream chunks
-    max_attempts: int = 3  # distinct workers tried before the first upstream byte
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    shutdown_timeout_s: float = 30.0  # in-flight requests get this long after SIGTERM
-    log_level: str = "INFO"
-    # Tenancy. auth=False is for local development only: no key is asked for.
-    auth: bool = True
-    base_domain: str | None = None  # DNS suffix of `{endpoint}.{project}.{base_domain}` hosts
-    key_cache_ttl_s: float = 2.0  # a revoked key stops working within this on every replica
-    # -- Overload and faults (router.admission, router.breaker, router.proxy) --
-    policy: PolicyName = PolicyName.LEAST_LOADED
-    first_token_timeout_s: float = 300.0  # request sent -> first byte back (non-stream: answer)
-    body_timeout_s: float = 30.0  # longest time to receive a client's request body
-    queue_max: int = 256  # requests waiting for worker capacity, per model; more get 503
-    queue_timeout_s: float = 30.0  # longest wait in that queue; then 503
-    breaker_failures: int = 2  # consecutive failures that put a worker aside
-    breaker_open_s: float = 1.0  # first time aside before a probe; doubles up to 30 s
-    # -- end of overload and faults --
+    redis_url: str = field(metadata=meta("Redis URL", env=("REDIS_URL",), metavar="URL"))
+    host: str = field(default="127.0.0.1", metadata=meta("address to listen on"))
+    port: int = field(default=8080, metadata=meta("port to listen on"))
+    registry_refresh_s: float = field(
+        default=1.0, metadata=meta("period of the full registry re-read")
+    )
+    worker_stale_s: float = field(
+        default=2.5, metadata=meta("drop a worker this long after its last heartbeat")
+    )
+    connect_timeout_s: float = field(default=3.0, metadata=meta("timeout to connect to a worker"))
+    read_timeout_s: float = field(
+        default=300.0, metadata=meta("longest silence between two upstream chunks")
+    )
+    max_attempts: int = field(
+        default=3, metadata=meta("distinct workers tried before the first upstream byte")
+    )
+    max_body_bytes: int = field(default=4 * 1024 * 1024, metadata=meta("largest request body"))
+    shutdown_timeout_s: float = field(
+        default=30.0, metadata=meta("grace for in-flight requests on SIGTERM")
+    )
+    log_level: LogLevel = field(
+        default=LogLevel.INFO, metadata=meta("log level; DEBUG adds an access log")
+    )
+    auth: bool = field(
+        default=True, metadata=meta("API keys required; off is for local development only")
+    )
+    base_domain: str | None = field(
+        default=None,
+        metadata=meta(
+            "DNS suffix of {endpoint}.{project}.DOMAIN hosts", parse=_domain, metavar="DOMAIN"
+        ),
+    )
+    key_cache_ttl_s: float = field(
+        default=2.0,
+        metadata=meta(
+            f"a revoked key stops working within this everywhere; at most {MAX_KEY_CACHE_TTL_S:g}"
+        ),
+    )
+    policy: PolicyName = field(
+        default=PolicyName.LEAST_LOADED, metadata=meta("how a worker is chosen")
+    )
+    first_token_timeout_s: float = field(
+        default=300.0,
+        metadata=meta("request sent to first byte back (non-stream: the answer), else 504"),
+    )
+    body_timeout_s: float = field(
+        default=30.0, metadata=meta("time to receive a client's request body, else 408")
+    )
+    queue_max: int = field(
+        default=256, metadata=meta("requests waiting for worker capacity per model, else 503")
+    )
+    queue_timeout_s: float = field(
+        default=30.0, metadata=meta("longest wait in that queue, then 503")
+    )
+    breaker_failures: int = field(
+        default=2, metadata=meta("failures in a row that put a worker aside")
+    )
+    breaker_open_s: float = field(
+        default=1.0, metadata=meta("first time a worker is put aside; doubles up to 30 s")
+    )
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.redis_url).scheme
@@ -49,15 +103,15 @@ class RouterConfig:
             raise ValueError("host must not be empty")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
-        for name in (
-            "registry_refresh_s",
-            "worker_stale_s",
-            "connect_timeout_s",
-            "read_timeout_s",
-        ):
+        for name in POSITIVE_FIELDS:
             value = getattr(self, name)
             if not value > 0:  # also rejects NaN
                 raise ValueError(f"{name} must be > 0, got {value}")
+        self._check_limits()
+        object.__setattr__(self, "policy", member("policy", self.policy, PolicyName))
+        object.__setattr__(self, "log_level", member("log_level", self.log_level, LogLevel))
+
+    def _check_limits(self) -> None:
         if not self.shutdown_timeout_s >= 0:
             raise ValueError(f"shutdown_timeout_s must be >= 0, got {self.shutdown_timeout_s}")
         if self.max_attempts < 1:
@@ -71,27 +125,20 @@ class RouterConfig:
             )
         if self.base_domain is not None and not self.base_domain.strip(". "):
             raise ValueError("base_domain must not be empty")
-        self._check_overload()
-        if self.log_level not in LOG_LEVELS:
-            raise ValueError(
-                f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
-            )
-
-    def _check_overload(self) -> None:
-        if self.policy not in set(PolicyName):
-            names = ", ".join(PolicyName)
-            raise ValueError(f"policy must be one of {names}, got {self.policy!r}")
-        object.__setattr__(self, "policy", PolicyName(self.policy))
-        for name in (
-            "first_token_timeout_s",
-            "body_timeout_s",
-            "queue_timeout_s",
-            "breaker_open_s",
-        ):
-            value = getattr(self, name)
-            if not value > 0:  # also rejects NaN
-                raise ValueError(f"{name} must be > 0, got {value}")
         if self.queue_max < 0:
             raise ValueError(f"queue_max must be >= 0, got {self.queue_max}")
         if self.breaker_failures < 1:
             raise ValueError(f"breaker_failures must be >= 1, got {self.breaker_failures}")
+
+
+OPTIONS = Options(
+    RouterConfig,
+    env_prefix="ROUTER_",
+    prog="python -m router",
+    description="OpenAI-compatible load-balancing router for llama.cpp workers.",
+)
+
+
+def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> RouterConfig:
+    """Flags over environment over defaults; a bad value exits 2 with one clear line."""
+    return OPTIONS.parse(argv, environ)

