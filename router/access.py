@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -23,10 +23,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract.errors import ModelNotFound, NotFound, ServiceUnavailable
-from router import tenancy
+from router.apikeys import DEFAULT_CACHE_ENTRIES, KeyCache, parse_bearer
 from router.config import RouterConfig
+from router.hosts import named_by_host
 from router.ratelimit import UNLIMITED, Decision, RateLimiter
-from router.tenancy import Endpoint, EndpointCache, KeyCache, KeyRecord
+from router.tenants import Endpoint, KeyRecord, find_endpoint, list_endpoints, normalize_project_id
 from router.ttlcache import TtlCache
 
 logger = logging.getLogger(__name__)
@@ -50,15 +51,30 @@ OPEN = Scope(key=None, project_id=None, endpoint=None, models=None)
 
 
 class Access:
-    def __init__(self, redis: Redis[Any], config: RouterConfig) -> None:
+    """One per app: turns a request into its Scope (key, project, endpoint, allowed models),
+    then admits it against the key's rate limits and charges its tokens afterwards.
+
+    Keys, endpoints and a project's models are each cached for `config.key_cache_ttl_s`, so a
+    change made with the admin tools reaches every replica within that TTL.
+    """
+
+    def __init__(
+        self,
+        redis: Redis[Any],
+        config: RouterConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._redis = redis
         self._auth = config.auth
         self._base_domain = config.base_domain
         ttl = config.key_cache_ttl_s
-        self._keys = KeyCache(redis, ttl_s=ttl)
-        self._endpoints = EndpointCache(redis, ttl_s=ttl)
+        self._keys = KeyCache(redis, ttl_s=ttl, clock=clock)  # rejects a TTL past the bound
+        self._endpoints: TtlCache[tuple[str, str], Endpoint | None] = TtlCache(
+            ttl, DEFAULT_CACHE_ENTRIES, clock
+        )
         self._project_models: TtlCache[str, frozenset[str]] = TtlCache(
-            ttl, tenancy.DEFAULT_CACHE_ENTRIES, time.monotonic
+            ttl, DEFAULT_CACHE_ENTRIES, clock
         )
         self.limiter = RateLimiter(redis)
 
@@ -72,17 +88,18 @@ class Access:
     async def _scope(self, request: web.Request, project: str | None, name: str | None) -> Scope:
         key: KeyRecord | None = None
         if self._auth:
-            token = tenancy.parse_bearer(request.headers.get(hdrs.AUTHORIZATION))
+            token = parse_bearer(request.headers.get(hdrs.AUTHORIZATION))
             key = await self._keys.authenticate(token)
-            if project is not None and tenancy.normalize_project_id(project) != key.project_id:
+            if project is not None and normalize_project_id(project) != key.project_id:
                 raise NotFound(f"Project `{project}` not found.")
             project = key.project_id
         else:
-            project = tenancy.normalize_project_id(project or "")
+            project = normalize_project_id(project or "")
             if project is None:
                 raise NotFound("Project not found.")
         if name is not None:
-            endpoint = await self._endpoints.find(project, name)
+            load = partial(find_endpoint, self._redis, project, name)
+            endpoint = await self._endpoints.get_or_load((project, name), load)
             if endpoint is None:
                 raise NotFound(f"Endpoint `{name}` not found.")
             return Scope(key, project, endpoint, frozenset(endpoint.models))
@@ -98,13 +115,7 @@ class Access:
             return project, info.get("endpoint")
         if self._base_domain is None:
             return None, None
-        host = request.host.lower().rpartition(":")[0] or request.host.lower()
-        if not host.rstrip(".").endswith("." + self._base_domain):
-            return None, None  # another name for this router: plain routing
-        named = tenancy.parse_host(request.host, self._base_domain)
-        if named is None:
-            raise NotFound(f"No endpoint is served at `{request.host}`.")
-        return named
+        return named_by_host(request.host, self._base_domain) or (None, None)
 
     def check_model(self, scope: Scope, model: str) -> None:
         if not scope.allows(model):
@@ -131,7 +142,7 @@ class Access:
 
 
 async def _project_models(redis: Redis[Any], project_id: str) -> frozenset[str]:
-    endpoints = await tenancy.list_endpoints(redis, project_id)
+    endpoints = await list_endpoints(redis, project_id)
     return frozenset(m for e in endpoints for m in e.models)
 
 

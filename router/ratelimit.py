@@ -2,7 +2,7 @@
 
 The algorithm is GCRA, the closed form of a token bucket that holds one minute's allowance and
 refills continuously (as OpenAI's limits do). Each limit is one number in the hash
-`ratelimit:{key_id}` (see router.tenancy): its theoretical arrival time (TAT, ms), the moment the
+`ratelimit:{key_id}` (see router.tenants): its theoretical arrival time (TAT, ms), the moment the
 bucket would be full again. Remaining = (window - (TAT - now)) / cost; reset = TAT - now.
 
 - Requests: admitting one adds window/rpm ms to the TAT; refused if that would put the TAT more
@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from contract.errors import RateLimited
-from router.tenancy import ratelimit_key
+from router.tenants import ratelimit_key
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -114,6 +115,18 @@ def format_reset(ms: int) -> str:
     return f"{minutes}m{seconds}" if minutes else seconds
 
 
+class Limit(StrEnum):
+    """A key's two limits; the name in its x-ratelimit-*-{limit} headers and in refused_by."""
+
+    REQUESTS = "requests"
+    TOKENS = "tokens"
+
+
+# Indexed by the admit script's refused_by code.
+_REFUSED_BY = (None, Limit.REQUESTS, Limit.TOKENS)
+_KINDS = (Limit.REQUESTS.value, Limit.TOKENS.value)  # plain str: formatted on every response
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     admitted: bool
@@ -124,7 +137,7 @@ class Decision:
     reset_requests_ms: int | None  # until that bucket is full again
     reset_tokens_ms: int | None
     retry_after_ms: int = 0  # when refused: until this request would be admitted
-    refused_by: str | None = None  # "requests" or "tokens"
+    refused_by: Limit | None = None
 
     @property
     def retry_after_s(self) -> float:
@@ -133,7 +146,7 @@ class Decision:
     def headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers, for the limits this key has."""
         headers: dict[str, str] = {}
-        for kind in ("requests", "tokens"):
+        for kind in _KINDS:
             limit = getattr(self, f"limit_{kind}")
             if limit is not None:
                 headers[f"x-ratelimit-limit-{kind}"] = str(limit)
@@ -155,14 +168,9 @@ class KeyRateLimited(RateLimited):
     """A RateLimited whose response also carries the x-ratelimit-* headers."""
 
     def __init__(self, decision: Decision) -> None:
-        what = (
-            "tokens per minute (TPM)"
-            if decision.refused_by == "tokens"
-            else "requests per minute (RPM)"
-        )
-        limit = (
-            decision.limit_tokens if decision.refused_by == "tokens" else decision.limit_requests
-        )
+        by_tokens = decision.refused_by is Limit.TOKENS
+        what = "tokens per minute (TPM)" if by_tokens else "requests per minute (RPM)"
+        limit = decision.limit_tokens if by_tokens else decision.limit_requests
         wait = format_reset(decision.retry_after_ms)
         # Whole seconds, rounded up: Retry-After cannot say less, and rounding down invites a
         # retry that is refused again.
@@ -202,7 +210,7 @@ class RateLimiter:
             reset_requests_ms=reset_req if rpm else None,
             reset_tokens_ms=reset_tok if tpm else None,
             retry_after_ms=0 if admitted else max(1, retry),
-            refused_by=(None, "requests", "tokens")[refused_by],
+            refused_by=_REFUSED_BY[refused_by],
         )
 
     async def charge_tokens(

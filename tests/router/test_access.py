@@ -1,4 +1,5 @@
-"""Tenancy in the app, in-process: --auth off routing, Redis failures, project metrics.
+"""Tenancy's request step: Access alone on made-up requests (scoping, naming, caching), then
+in the app, in-process (--auth off routing, Redis failures, project metrics).
 
 A real redis-server per test (one test stops it by PID), a fake worker (a real aiohttp server,
 tests/router/fakes.py) registered as a worker would, and the router app on a test server.
@@ -12,20 +13,146 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, make_mocked_request
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from redis.asyncio import Redis
 
+from contract.errors import AuthenticationFailed, ModelNotFound, NotFound, RateLimited
 from contract.registry import publish_worker
-from router import tenancy
+from router import tenant_admin
+from router.access import OPEN, Access
 from router.app import create_app
 from router.appkeys import METRICS, VIEW
 from router.config import RouterConfig
+from router.tenants import KeyRecord
 from tests.router.fakes import MODEL, TTL_MS, FakeWorker, RedisServer, make_record
 from tests.waits import eventually
 
+from .conftest import FakeClock
+
 BASE_DOMAIN = "api.localtest"
 Client = TestClient[web.Request, web.Application]
+
+
+def request(
+    *,
+    key: str | None = None,
+    host: str = "127.0.0.1:8080",
+    project: str | None = None,
+    endpoint: str | None = None,
+) -> web.Request:
+    """A request as the router's routes would match it (path-based names in match_info)."""
+    headers = {"Host": host, **({"Authorization": f"Bearer {key}"} if key else {})}
+    named = {"project": project, "endpoint": endpoint}
+    info = {name: value for name, value in named.items() if value is not None}
+    return make_mocked_request("POST", "/v1/chat/completions", headers=headers, match_info=info)
+
+
+async def two_projects(redis: Redis[bytes]) -> tuple[str, str, KeyRecord, str]:
+    """Projects mine and theirs, each with `chat` serving m1; a key of mine (record, key)."""
+    mine = (await tenant_admin.create_project(redis, "mine")).project_id
+    theirs = (await tenant_admin.create_project(redis, "theirs")).project_id
+    for pid in (mine, theirs):
+        await tenant_admin.create_endpoint(redis, pid, "chat", ["m1"])
+    new = await tenant_admin.create_key(redis, mine)
+    return mine, theirs, new.record, new.key
+
+
+def access(redis: Redis[bytes], redis_url: str, clock: FakeClock, **settings: Any) -> Access:
+    config = RouterConfig(redis_url=redis_url, base_domain=BASE_DOMAIN, **settings)
+    return Access(redis, config, clock=clock.monotonic)
+
+
+async def test_a_key_is_scoped_to_its_project(
+    redis: Redis[bytes], redis_url: str, clock: FakeClock
+) -> None:
+    mine, theirs, record, key = await two_projects(redis)
+    await tenant_admin.create_endpoint(redis, mine, "other", ["m2"])
+    guard = access(redis, redis_url, clock)
+
+    scope = await guard.scope(request(key=key, project=mine.lower(), endpoint="chat"))
+    assert scope.key == record and scope.project_id == mine
+    assert scope.endpoint is not None and scope.endpoint.project_id == mine
+    guard.check_model(scope, "m1")
+    with pytest.raises(ModelNotFound) as model_info:
+        guard.check_model(scope, "m2")
+    assert model_info.value.code == "model_not_found" and model_info.value.status == 404
+    # Without an endpoint in the URL: any model of the key's project.
+    plain = await guard.scope(request(key=key))
+    assert plain.endpoint is None and plain.project_id == mine
+    assert plain.allows("m1") and plain.allows("m2") and not plain.allows("m3")
+    # Another project's endpoint and a project that does not exist look the same.
+    errors = []
+    for project_id in (theirs, "proj_NOPE"):
+        with pytest.raises(NotFound) as info:
+            await guard.scope(request(key=key, project=project_id, endpoint="chat"))
+        errors.append((info.value.code, info.value.message.replace(project_id, "?")))
+    assert errors[0] == errors[1] == ("not_found", "Project `?` not found.")
+    with pytest.raises(NotFound, match="Endpoint `nope` not found"):
+        await guard.scope(request(key=key, project=mine, endpoint="nope"))
+    # The key is checked first: a bad one is a 401 whatever the URL names.
+    with pytest.raises(AuthenticationFailed):
+        await guard.scope(request(key="xero_x_" + "A" * 43, project=theirs, endpoint="chat"))
+
+
+async def test_endpoints_are_cached_for_the_ttl(
+    redis: Redis[bytes], redis_url: str, clock: FakeClock
+) -> None:
+    mine, _, _, key = await two_projects(redis)
+    guard = access(redis, redis_url, clock, key_cache_ttl_s=2.0)
+    assert (await guard.scope(request(key=key, project=mine, endpoint="chat"))).allows("m1")
+    # A deleted endpoint is served from the cache until its TTL passes.
+    await tenant_admin.delete_endpoint(redis, mine, "chat")
+    clock.advance(1.9)
+    assert (await guard.scope(request(key=key, project=mine, endpoint="chat"))).allows("m1")
+    clock.advance(0.1)
+    with pytest.raises(NotFound):
+        await guard.scope(request(key=key, project=mine, endpoint="chat"))
+
+
+async def test_a_host_under_the_base_domain_names_the_endpoint(
+    redis: Redis[bytes], redis_url: str, clock: FakeClock
+) -> None:
+    mine, _, _, key = await two_projects(redis)
+    guard = access(redis, redis_url, clock)
+    host = f"chat.{mine.lower()}.{BASE_DOMAIN}"
+    scope = await guard.scope(request(key=key, host=host + ":8080"))
+    assert scope.endpoint is not None and (scope.endpoint.project_id, scope.endpoint.name) == (
+        mine,
+        "chat",
+    )
+    with pytest.raises(NotFound, match="No endpoint is served at"):
+        await guard.scope(request(key=key, host="x." + host))
+    with pytest.raises(NotFound, match="Endpoint `other` not found"):
+        await guard.scope(request(key=key, host=f"other.{mine}.{BASE_DOMAIN}"))
+    # Another name for this router: plain routing in the key's project.
+    assert (await guard.scope(request(key=key, host="localhost"))).endpoint is None
+
+
+async def test_admit_and_charge_spend_the_key_limits(
+    redis: Redis[bytes], redis_url: str, clock: FakeClock
+) -> None:
+    mine, _, _, _ = await two_projects(redis)
+    limited = await tenant_admin.create_key(redis, mine, rpm=1, tpm=10)
+    guard = access(redis, redis_url, clock)
+    scope = await guard.scope(request(key=limited.key))
+    decision = await guard.admit(scope)
+    assert decision.headers()["x-ratelimit-limit-requests"] == "1"
+    await guard.charge(scope, 10)
+    with pytest.raises(RateLimited) as info:
+        await guard.admit(scope)
+    assert info.value.status == 429
+    assert info.value.headers()["x-ratelimit-remaining-tokens"] == "0"
+
+
+async def test_auth_off_without_a_name_is_open(
+    redis: Redis[bytes], redis_url: str, clock: FakeClock
+) -> None:
+    guard = access(redis, redis_url, clock, auth=False)
+    assert await guard.scope(request()) is OPEN
+    assert (await guard.admit(OPEN)).headers() == {}
+    await guard.charge(OPEN, 100)  # no key: nothing to charge, no Redis call
+    assert await redis.dbsize() == 0
 
 
 @pytest.fixture
@@ -85,10 +212,10 @@ def project_count(client: Client, project: str, endpoint: str, status_class: str
 async def test_auth_off_still_resolves_projects_and_endpoints(
     start: Callable[..., Awaitable[Client]], redis: Redis[bytes]
 ) -> None:
-    project = await tenancy.create_project(redis, "Dev")
+    project = await tenant_admin.create_project(redis, "Dev")
     pid = project.project_id
-    await tenancy.create_endpoint(redis, pid, "chat", [MODEL])
-    await tenancy.create_endpoint(redis, pid, "other", ["not-served"])
+    await tenant_admin.create_endpoint(redis, pid, "chat", [MODEL])
+    await tenant_admin.create_endpoint(redis, pid, "other", ["not-served"])
     client = await start(auth=False)
 
     # No key needed anywhere; plain /v1 routes as ever.
@@ -124,9 +251,9 @@ async def test_auth_off_still_resolves_projects_and_endpoints(
 async def test_redis_failures_are_503_not_500(
     start: Callable[..., Awaitable[Client]], redis: Redis[bytes], redis_server: RedisServer
 ) -> None:
-    project = await tenancy.create_project(redis, "Acme")
-    await tenancy.create_endpoint(redis, project.project_id, "chat", [MODEL])
-    limited = await tenancy.create_key(redis, project.project_id, rpm=100)
+    project = await tenant_admin.create_project(redis, "Acme")
+    await tenant_admin.create_endpoint(redis, project.project_id, "chat", [MODEL])
+    limited = await tenant_admin.create_key(redis, project.project_id, rpm=100)
     unknown = "xero_acme_" + "A" * 43  # well formed: only Redis can say it is unknown
     client = await start(auth=True, key_cache_ttl_s=5.0)
 

@@ -13,8 +13,9 @@ import pytest
 from redis.asyncio import Redis
 
 from contract.errors import AuthenticationFailed
-from router import tenancy
 from router.admin import main
+from router.apikeys import authenticate
+from router.tenants import KeyRecord
 
 
 class Cli:
@@ -39,11 +40,11 @@ def cli(redis_url: str, capsys: pytest.CaptureFixture[str]) -> Cli:
     return Cli(redis_url, capsys)
 
 
-def _authenticate(url: str, key: str) -> tenancy.KeyRecord:
-    async def run() -> tenancy.KeyRecord:
+def _authenticate(url: str, key: str) -> KeyRecord:
+    async def run() -> KeyRecord:
         redis: Redis[bytes] = Redis.from_url(url)
         try:
-            return await tenancy.authenticate(redis, key)
+            return await authenticate(redis, key)
         finally:
             await redis.aclose()  # type: ignore[attr-defined]
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from router.ratelimit import WINDOW_MS, Decision, RateLimiter, format_reset
-from router.tenancy import ratelimit_key
+from router.ratelimit import WINDOW_MS, Decision, Limit, RateLimiter, format_reset
+from router.tenants import ratelimit_key
 
 T0 = 1_700_000_000_000
 
@@ -31,7 +31,7 @@ async def test_requests_per_minute(redis: Redis[bytes]) -> None:
     assert [d.admitted for d in decisions] == [True, True, True, False]
     assert [d.remaining_requests for d in decisions] == [2, 1, 0, 0]
     refused = decisions[3]
-    assert refused.refused_by == "requests" and refused.retry_after_ms == 20_000
+    assert refused.refused_by is Limit.REQUESTS and refused.retry_after_ms == 20_000
     assert refused.headers() == {
         "x-ratelimit-limit-requests": "3",
         "x-ratelimit-remaining-requests": "0",
@@ -87,7 +87,7 @@ async def test_tokens_charged_after_the_fact_block_the_next_request(redis: Redis
     assert (await limiter.admit("key_a", 100, 100, T0)).remaining_tokens == 40
     await limiter.charge_tokens("key_a", 40, 100, T0)
     refused = await limiter.admit("key_a", 100, 100, T0)
-    assert not refused.admitted and refused.refused_by == "tokens"
+    assert not refused.admitted and refused.refused_by is Limit.TOKENS
     assert refused.remaining_tokens == 0 and refused.reset_tokens_ms == WINDOW_MS
     assert refused.retry_after_ms == 600  # one token's worth: 60 s / 100
     assert refused.remaining_requests == 98  # a refused request takes nothing

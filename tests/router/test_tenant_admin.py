@@ -1,0 +1,138 @@
+"""The admin operations against a real Redis: projects, endpoints and keys, created,
+listed, revoked and deleted; keys stored only as their hash."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+
+from contract.errors import NotFound
+from contract.registry import now_ms
+from router import tenant_admin
+from router.apikeys import authenticate
+from router.tenant_admin import AlreadyExists
+from router.tenants import KeyStatus, Project, get_project, hash_key, list_endpoints
+
+
+async def make_project(redis: Redis[bytes], name: str = "My Project") -> Project:
+    return await tenant_admin.create_project(redis, name)
+
+
+async def test_project_crud(redis: Redis[bytes]) -> None:
+    project = await make_project(redis)
+    assert project.project_id.startswith("proj_") and project.slug == "my-project"
+    assert await get_project(redis, project.project_id) == project
+    assert await get_project(redis, project.project_id.lower()) == project
+    assert await tenant_admin.list_projects(redis) == [project]
+    await tenant_admin.delete_project(redis, project.project_id)
+    assert await tenant_admin.list_projects(redis) == []
+    for missing in (project.project_id, "proj_NOPE", "not-a-project"):
+        with pytest.raises(NotFound):
+            await get_project(redis, missing)
+    with pytest.raises(ValueError, match="slug"):
+        await tenant_admin.create_project(redis, "x", slug="Bad_Slug")
+
+
+async def test_endpoints_unique_per_project(redis: Redis[bytes]) -> None:
+    one, two = await make_project(redis, "one"), await make_project(redis, "two")
+    endpoint = await tenant_admin.create_endpoint(redis, one.project_id, "chat", ["m1", "m2", "m1"])
+    assert endpoint.models == ("m1", "m2")
+    with pytest.raises(AlreadyExists):
+        await tenant_admin.create_endpoint(redis, one.project_id, "chat", ["m3"])
+    # The same name in another project is another endpoint.
+    await tenant_admin.create_endpoint(redis, two.project_id, "chat", ["m3"])
+    assert (await tenant_admin.get_endpoint(redis, two.project_id, "chat")).models == ("m3",)
+    for bad_name in ("Chat", "-chat", "a_b", "x" * 64):
+        with pytest.raises(ValueError):
+            await tenant_admin.create_endpoint(redis, one.project_id, bad_name, ["m"])
+    with pytest.raises(ValueError):
+        await tenant_admin.create_endpoint(redis, one.project_id, "empty", [])
+    with pytest.raises(NotFound):
+        await tenant_admin.create_endpoint(redis, "proj_NOPE", "chat", ["m"])
+    assert [e.name for e in await list_endpoints(redis, one.project_id)] == ["chat"]
+    await tenant_admin.delete_endpoint(redis, one.project_id, "chat")
+    with pytest.raises(NotFound):
+        await tenant_admin.get_endpoint(redis, one.project_id, "chat")
+    with pytest.raises(NotFound):
+        await tenant_admin.delete_endpoint(redis, one.project_id, "chat")
+
+
+async def test_key_shape(redis: Redis[bytes]) -> None:
+    project = await make_project(redis)
+    new = await tenant_admin.create_key(redis, project.project_id, name="ci", rpm=10, tpm=1000)
+    slug, secret = new.key.removeprefix("xero_").split("_", 1)
+    assert slug == project.slug and len(secret) >= 32
+    assert new.record.prefix == f"xero_{slug}_{secret[:8]}"
+    assert new.key not in repr(new) and secret not in repr(new.record)
+    assert await authenticate(redis, new.key) == new.record
+    with pytest.raises(ValueError):
+        await tenant_admin.create_key(redis, project.project_id, rpm=0)
+    with pytest.raises(ValueError):
+        await tenant_admin.create_key(redis, project.project_id, expires_ms=now_ms() - 1)
+    with pytest.raises(NotFound):
+        await tenant_admin.create_key(redis, "proj_NOPE")
+
+
+async def _dump(redis: Redis[bytes]) -> list[bytes]:
+    """Every key name and every value in Redis, whatever its type."""
+    out: list[bytes] = []
+    async for name in redis.scan_iter(count=100):
+        out.append(name)
+        kind = (await redis.type(name)).decode()  # type: ignore[no-untyped-call]
+        if kind == "string":
+            out.append(await redis.get(name) or b"")
+        elif kind == "hash":
+            for k, v in (await redis.hgetall(name)).items():
+                out += [k, v]
+        elif kind == "set":
+            out += list(await redis.smembers(name))
+        else:
+            raise AssertionError(f"unexpected {kind} at {name!r}")
+    return out
+
+
+async def test_keys_never_stored_in_clear(redis: Redis[bytes]) -> None:
+    project = await make_project(redis)
+    await tenant_admin.create_endpoint(redis, project.project_id, "chat", ["m"])
+    keys = [await tenant_admin.create_key(redis, project.project_id, rpm=5) for _ in range(3)]
+    await tenant_admin.revoke_key(redis, keys[0].record.key_id)
+    dump = b"\n".join(await _dump(redis))
+    for new in keys:
+        secret = new.key.split("_", 2)[2]
+        assert new.key.encode() not in dump
+        assert secret.encode() not in dump
+        assert secret[8:].encode() not in dump  # not even the part after the shown prefix
+        assert hash_key(new.key).encode() in dump  # what is stored instead
+    for listed in await tenant_admin.list_keys(redis, project.project_id):
+        assert "key_hash" not in listed.to_dict()
+
+
+async def test_key_list_revoke_and_delete(redis: Redis[bytes]) -> None:
+    project = await make_project(redis)
+    kept, revoked, deleted = [
+        await tenant_admin.create_key(redis, project.project_id) for _ in "abc"
+    ]
+    record = await tenant_admin.revoke_key(redis, revoked.record.key_id)
+    assert record.revoked_ms is not None and record.status(now_ms()) is KeyStatus.REVOKED
+    # Revoking again keeps the first time.
+    again = await tenant_admin.revoke_key(redis, revoked.record.key_id)
+    assert again.revoked_ms == record.revoked_ms
+    assert await tenant_admin.get_key(redis, kept.record.key_id) == kept.record
+    await tenant_admin.delete_key(redis, deleted.record.key_id)
+    for missing in (deleted.record.key_id, "key_nope"):
+        for operation in (tenant_admin.get_key, tenant_admin.revoke_key, tenant_admin.delete_key):
+            with pytest.raises(NotFound):
+                await operation(redis, missing)
+    listed = await tenant_admin.list_keys(redis, project.project_id)
+    assert [k.key_id for k in listed] == [kept.record.key_id, revoked.record.key_id]
+
+
+async def test_delete_project_leaves_nothing(redis: Redis[bytes]) -> None:
+    project = await make_project(redis)
+    await tenant_admin.create_endpoint(redis, project.project_id, "chat", ["m"])
+    new = await tenant_admin.create_key(redis, project.project_id, rpm=5)
+    await redis.hset(f"ratelimit:{new.record.key_id}", "req", "1")
+    await tenant_admin.delete_project(redis, project.project_id)
+    assert await redis.dbsize() == 0
+    with pytest.raises(NotFound):
+        await tenant_admin.list_keys(redis, project.project_id)
