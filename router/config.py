@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from contract.options import LogLevel, Options, member, meta
+from router.apikeys import DEFAULT_CACHE_TTL_S, MAX_CACHE_TTL_S
 from router.balancer import PolicyName
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
-MAX_KEY_CACHE_TTL_S = 5.0
 POSITIVE_FIELDS = (
     "registry_refresh_s",
     "worker_stale_s",
@@ -66,9 +66,9 @@ class RouterConfig:
         ),
     )
     key_cache_ttl_s: float = field(
-        default=2.0,
+        default=DEFAULT_CACHE_TTL_S,
         metadata=meta(
-            f"a revoked key stops working within this everywhere; at most {MAX_KEY_CACHE_TTL_S:g}"
+            f"a revoked key stops working within this everywhere; at most {MAX_CACHE_TTL_S:g}"
         ),
     )
     policy: PolicyName = field(
@@ -118,9 +118,9 @@ class RouterConfig:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
-        if not 0 <= self.key_cache_ttl_s <= MAX_KEY_CACHE_TTL_S:
+        if not 0 <= self.key_cache_ttl_s <= MAX_CACHE_TTL_S:
             raise ValueError(
-                f"key_cache_ttl_s must be between 0 and {MAX_KEY_CACHE_TTL_S}, "
+                f"key_cache_ttl_s must be between 0 and {MAX_CACHE_TTL_S}, "
                 f"got {self.key_cache_ttl_s}"
             )
         if self.base_domain is not None and not self.base_domain.strip(". "):
