@@ -3,7 +3,8 @@
 Resources, one cleanup_ctx each, set up in this order and torn down in reverse:
   engine (load the model / close it) -> Redis client -> registry (register, heartbeat, drain,
   deregister). So the worker registers only once the model is loaded, and the engine closes
-  only after the worker has left the registry and every request is done.
+  only after the worker has left the registry and every request is done. The shutdown sequence
+  itself is drawn in worker.heartbeat's docstring.
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from worker import appkeys
-from worker.admission import Admission
 from worker.config import WorkerConfig
 from worker.engine import Engine
 from worker.fake_engine import FakeEngine
 from worker.handlers import add_routes, error_middleware
-from worker.heartbeat import drain_on_shutdown, redis_ctx, registry_ctx
+from worker.heartbeat import REDIS_TIMEOUT_S, Heartbeat
 from worker.metrics import WorkerMetrics
+from worker.slots import SlotQueue
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +82,51 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     await engine.close()
 
 
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[appkeys.CONFIG]
+    redis: Redis[Any] = Redis.from_url(
+        config.redis_url,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+    )
+    app[appkeys.REDIS] = redis
+    yield
+    # types-redis 4.6 predates aclose(); close() is deprecated in the redis 5+ we run.
+    await redis.aclose()  # type: ignore[attr-defined,unused-ignore]
+
+
+async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Registers after the engine has loaded (its cleanup_ctx comes first)."""
+    heartbeat = Heartbeat(
+        app[appkeys.REDIS], app[appkeys.CONFIG], app[appkeys.ENGINE], app[appkeys.SLOTS]
+    )
+    app[appkeys.HEARTBEAT] = heartbeat
+    await heartbeat.start()
+    yield
+    # 1-2. Drain. The CLI drains before closing the listening socket; run_app and tests reach
+    #      here through on_shutdown or directly, and drain() is then a no-op or the only drain.
+    await heartbeat.drain()
+    # 3-4. Stop the heartbeat, then remove the record.
+    await heartbeat.stop()
+    # 5. redis_ctx and engine_ctx, set up before this one, are torn down after it.
+
+
+async def drain_on_shutdown(app: web.Application) -> None:
+    """on_shutdown runs after the listener closed but while handlers may still run."""
+    await app[appkeys.HEARTBEAT].drain()
+
+
 def create_app(config: WorkerConfig, engine: Engine | None = None) -> web.Application:
     """The worker app; `engine` defaults to the one `config` names (tests may pass their own)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     engine = engine if engine is not None else build_engine(config)
-    admission = Admission(engine.slots, config.max_queue)
+    slots = SlotQueue(engine.slots, config.max_queue)
     metrics = WorkerMetrics()
-    metrics.track_load(admission)
+    metrics.track_load(slots)
 
     app[appkeys.CONFIG] = config
     app[appkeys.ENGINE] = engine
-    app[appkeys.ADMISSION] = admission
+    app[appkeys.SLOTS] = slots
     app[appkeys.METRICS] = metrics
     app[appkeys.STARTED_S] = int(time.time())
 

@@ -9,15 +9,15 @@ from aiohttp import web
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from worker.admission import Admission
     from worker.config import WorkerConfig
     from worker.engine import Engine
     from worker.heartbeat import Heartbeat
     from worker.metrics import WorkerMetrics
+    from worker.slots import SlotQueue
 
 CONFIG: web.AppKey[WorkerConfig] = web.AppKey("config")
 ENGINE: web.AppKey[Engine] = web.AppKey("engine")
-ADMISSION: web.AppKey[Admission] = web.AppKey("admission")
+SLOTS: web.AppKey[SlotQueue] = web.AppKey("slots")
 METRICS: web.AppKey[WorkerMetrics] = web.AppKey("metrics")
 REDIS: web.AppKey[Redis[Any]] = web.AppKey("redis")
 HEARTBEAT: web.AppKey[Heartbeat] = web.AppKey("heartbeat")

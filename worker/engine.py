@@ -1,25 +1,36 @@
 """The seam between the HTTP worker and whatever generates tokens.
 
 An engine turns a chat (messages + sampling parameters) into a stream of text deltas followed
-by exactly one `Finished`. Implementations: `LlamaEngine` (llama-cpp-python, the real one) and
-`FakeEngine` (fixed timing, deterministic text; for router tests and benchmarks only).
+by exactly one `Finished`. Implementations: `LlamaEngine` (llama-cpp-python, one stream at a
+time), `BatchedLlamaEngine` (many streams in one context) and `FakeEngine` (fixed timing,
+deterministic text; for router tests and benchmarks only).
 
 Contract every engine keeps:
-- `stream()` raises `contract.errors.ContextLengthExceeded` before yielding anything when the
-  prompt does not fit the context.
+- `stream()` raises an `EngineError` (below) before yielding anything when the prompt does not
+  fit the context, renders to nothing, or the engine is not running; worker.handlers alone
+  turns these into HTTP errors, so engines know nothing of HTTP. EngineStopped may also end a
+  stream midway, when the engine closes under it.
 - Blocking work (model load, tokenisation of long prompts, decoding) never runs on the event loop.
 - When the consumer stops iterating (closes the generator or its task is cancelled), generation
   stops at the next token and the engine's capacity is free again.
-- At most `slots` streams generate at once; the caller (the worker's admission) guarantees it.
+- At most `slots` streams generate at once; the caller (worker.slots.SlotQueue) guarantees it.
+
+    EngineError
+    ├── PromptTooLong     the prompt's tokens do not fit the context
+    ├── InvalidPrompt     the messages cannot become a prompt (template refusal, empty prompt)
+    └── EngineStopped     the engine is not loaded, is closing, or its thread has stopped
+
+Anything else an engine raises is a failure of the engine itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from contract.errors import ContextLengthExceeded
 from contract.wire import ChatRequest, Message
 
 FinishReason = Literal["stop", "length"]
@@ -55,12 +66,63 @@ class Finished:
     completion_tokens: int
 
 
-def context_exceeded(n_ctx: int, prompt_tokens: int) -> ContextLengthExceeded:
-    return ContextLengthExceeded(
-        f"This model's maximum context length is {n_ctx} tokens. However, your messages "
-        f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
-        param="messages",
-    )
+class EngineError(Exception):
+    """A request the engine will not run; the message is fit for the client."""
+
+
+class PromptTooLong(EngineError):
+    def __init__(self, n_ctx: int, prompt_tokens: int) -> None:
+        super().__init__(f"the prompt has {prompt_tokens} tokens; the context holds {n_ctx}")
+        self.n_ctx = n_ctx
+        self.prompt_tokens = prompt_tokens
+
+
+class InvalidPrompt(EngineError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class EngineStopped(EngineError):
+    def __init__(self, message: str = "The engine is not running.") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def check_prompt(prompt_tokens: int, n_ctx: int) -> None:
+    """Raise unless a prompt this long leaves room in the context for one generated token."""
+    if prompt_tokens >= n_ctx:
+        raise PromptTooLong(n_ctx, prompt_tokens)
+    if not prompt_tokens:
+        raise InvalidPrompt("The messages rendered to an empty prompt.")
+
+
+def completion_limit(n_ctx: int, prompt_tokens: int, max_tokens: int | None) -> int:
+    """Most tokens a completion may have: prompt plus completion fit the context, and
+    max_tokens may only shorten that."""
+    room = n_ctx - prompt_tokens
+    return room if max_tokens is None else min(room, max_tokens)
+
+
+# What an engine's thread hands the event loop: text, the one Finished, or the error to raise.
+Item = str | Finished | BaseException
+
+
+async def relay(
+    out: asyncio.Queue[Item], cancel: threading.Event
+) -> AsyncGenerator[str | Finished, None]:
+    """An engine thread's outputs up to Finished, raising the error it sent instead. However
+    the consumer leaves, `cancel` is set, so the thread stops at its next token."""
+    try:
+        while True:
+            item = await out.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, Finished):
+                return
+    finally:
+        cancel.set()
 
 
 class Engine(Protocol):

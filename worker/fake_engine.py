@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Final
 
 from contract.wire import Message
-from worker.engine import Finished, FinishReason, SamplingParams, context_exceeded
+from worker.engine import Finished, FinishReason, SamplingParams, check_prompt
 from worker.stops import StopMatcher
 
 WORDS = ("The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog.")
@@ -31,16 +32,8 @@ class FakeEngine:
     ) -> None:
         self._ttft_s = max(0.0, ttft_ms) / 1000
         self._gap_s = 1 / tokens_per_s if tokens_per_s > 0 else 0.0
-        self._n_ctx = n_ctx
-        self._slots = slots
-
-    @property
-    def n_ctx(self) -> int:
-        return self._n_ctx
-
-    @property
-    def slots(self) -> int:
-        return self._slots
+        self.n_ctx: Final = n_ctx
+        self.slots: Final = slots
 
     @property
     def device(self) -> str:
@@ -56,9 +49,8 @@ class FakeEngine:
         self, messages: Sequence[Message], params: SamplingParams
     ) -> AsyncIterator[str | Finished]:
         prompt_tokens = count_prompt_tokens(messages)
-        if prompt_tokens >= self._n_ctx:
-            raise context_exceeded(self._n_ctx, prompt_tokens)
-        room = self._n_ctx - prompt_tokens
+        check_prompt(prompt_tokens, self.n_ctx)
+        room = self.n_ctx - prompt_tokens
         final: FinishReason
         if params.max_tokens is None:
             limit = min(NATURAL_LENGTH, room)

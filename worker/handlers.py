@@ -2,7 +2,8 @@
 
 Client disconnects cancel the handler (the app runs with handler_cancellation=True); every
 path out of a generation closes the engine stream, which stops the engine at the next token,
-and leaves admission, so load counters return to exact values.
+and gives its slot back, so load counters return to exact values. Engines raise engine errors
+(worker.engine); `engine_api_error` is the one place they become HTTP errors.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from aiohttp.typedefs import Handler
 from contract import sse
 from contract.errors import (
     ApiError,
+    ContextLengthExceeded,
+    InvalidRequest,
     ModelNotFound,
     ServiceUnavailable,
     for_http_status,
@@ -26,7 +29,14 @@ from contract.errors import (
 from contract.wire import ChatRequest, model_object, parse_chat_request
 from worker import appkeys
 from worker.completions import ChunkWriter, completion, new_completion_id
-from worker.engine import Finished, SamplingParams
+from worker.engine import (
+    EngineError,
+    EngineStopped,
+    Finished,
+    InvalidPrompt,
+    PromptTooLong,
+    SamplingParams,
+)
 from worker.metrics import CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
@@ -82,16 +92,32 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     return response
 
 
+def engine_api_error(exc: EngineError) -> ApiError:
+    """What the client sees of an engine's refusal."""
+    if isinstance(exc, PromptTooLong):
+        return ContextLengthExceeded(
+            f"This model's maximum context length is {exc.n_ctx} tokens. However, your "
+            f"messages resulted in {exc.prompt_tokens} tokens. Please reduce the length of the "
+            "messages.",
+            param="messages",
+        )
+    if isinstance(exc, InvalidPrompt):
+        return InvalidRequest(exc.message, param="messages")
+    if isinstance(exc, EngineStopped):
+        return ServiceUnavailable(exc.message)
+    return ApiError(str(exc))
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     config = request.app[appkeys.CONFIG]
     chat = parse_chat_request(await request.read())
     if chat.model != config.model_id:
         raise ModelNotFound(chat.model)
-    admission = request.app[appkeys.ADMISSION]
+    slots = request.app[appkeys.SLOTS]
     metrics = request.app[appkeys.METRICS]
     arrived = time.monotonic()
     try:
-        async with admission.slot():
+        async with slots.slot():
             metrics.queue_wait.observe(time.monotonic() - arrived)
             return await _generate(request, chat)
     except ServiceUnavailable:
@@ -111,8 +137,8 @@ async def _generate(request: web.Request, chat: ChatRequest) -> web.StreamRespon
             first = await anext(stream)
         except StopAsyncIteration:
             raise RuntimeError("engine stream ended without Finished") from None
-        except ApiError:
-            raise
+        except EngineError as exc:
+            raise engine_api_error(exc) from None
         except Exception:
             metrics.engine_errors.inc()
             raise
@@ -194,8 +220,8 @@ async def _next_output(
         return await anext(stream)
     except StopAsyncIteration:
         logger.error("engine stream ended without Finished")
-    except ApiError:
-        raise
+    except EngineError as exc:
+        raise engine_api_error(exc) from None
     except Exception:
         logger.exception("engine failed mid-generation")
     request.app[appkeys.METRICS].engine_errors.inc()
@@ -215,15 +241,15 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    admission = request.app[appkeys.ADMISSION]
-    draining = admission.draining
+    slots = request.app[appkeys.SLOTS]
+    draining = slots.draining
     body = {
         "status": "unavailable" if draining else "ok",
         "model": request.app[appkeys.CONFIG].model_id,
         "state": "draining" if draining else "ready",
-        "running": admission.running,
-        "waiting": admission.waiting,
-        "slots": admission.slots,
+        "running": slots.running,
+        "waiting": slots.waiting,
+        "slots": slots.slots,
     }
     return json_response(body, status=503 if draining else 200)
 

@@ -3,13 +3,13 @@
 Each heartbeat writes the full record with a TTL (`contract.registry.publish_worker`), so a worker
 killed with -9 expires within one TTL, and a worker that lost Redis for a while re-registers by
 itself on the first heartbeat that gets through. The loop publishes every interval, or sooner
-when admission reports a change in load, at most `1 / MIN_GAP_S` times a second. While Redis is
+when the slot queue reports a change in load, at most `1 / MIN_GAP_S` times a second. While Redis is
 unreachable it retries with jittered exponential backoff capped at MAX_BACKOFF_S, which is kept
 below the routers' default stale time (2.5 s) so that a router which finds Redis back (perhaps
 empty) sees this worker again before it would give it up; serving requests never depends on it.
 
-Shutdown, in order (see `registry_ctx` and `worker.cli`):
-  1. drain: admission refuses new requests (503) and routers hear EventType.DRAIN;
+Shutdown, in order (see `worker.app.registry_ctx` and `worker.cli`):
+  1. drain: the slot queue refuses new requests (503) and routers hear EventType.DRAIN;
   2. in-flight and queued requests finish, up to drain_timeout_s;
   3. the heartbeat loop stops, so no late heartbeat can re-create the record;
   4. the record is removed (EventType.LEAVE);
@@ -22,19 +22,16 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from aiohttp import web
 from redis.asyncio import Redis
 
 from contract.registry import EventType, WorkerRecord, WorkerState, now_ms, publish_worker
 from contract.registry import remove_worker as registry_remove_worker
-from worker import appkeys
-from worker.admission import Admission
 from worker.config import WorkerConfig
 from worker.engine import Engine
+from worker.slots import SlotQueue
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +43,20 @@ REDIS_TIMEOUT_S = 2.0  # every Redis call is bounded; a hung Redis must not hang
 
 class Heartbeat:
     def __init__(
-        self, redis: Redis[Any], config: WorkerConfig, engine: Engine, admission: Admission
+        self, redis: Redis[Any], config: WorkerConfig, engine: Engine, slots: SlotQueue
     ) -> None:
         self._redis = redis
         self._config = config
-        self._admission = admission
+        self._slots = slots
         self._record = WorkerRecord(
             worker_id=config.worker_id,
             model=config.model_id,
             url=config.advertise_url,
             state=WorkerState.READY,
-            slots=admission.slots,
+            slots=slots.slots,
             running=0,
             waiting=0,
-            max_queue=admission.max_queue,
+            max_queue=slots.max_queue,
             device=engine.device,
             started_ms=now_ms(),
             heartbeat_ms=now_ms(),
@@ -92,7 +89,7 @@ class Heartbeat:
             # Flag and wake as well as cancel: on Python 3.11 a cancel that lands as a Redis
             # reply arrives can be swallowed by asyncio.wait_for inside redis-py.
             self._stopping.set()
-            self._admission.load_changed.set()
+            self._slots.load_changed.set()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -112,25 +109,25 @@ class Heartbeat:
         logger.info(
             "draining: refusing new requests, waiting up to %ss for %d running and %d waiting",
             self._config.drain_timeout_s,
-            self._admission.running,
-            self._admission.waiting,
+            self._slots.running,
+            self._slots.waiting,
         )
-        self._admission.start_draining()
+        self._slots.start_draining()
         try:
             await self._publish(EventType.DRAIN)
         except Exception:
             logger.exception("could not announce drain")
-        if not await self._admission.wait_idle(self._config.drain_timeout_s):
+        if not await self._slots.wait_idle(self._config.drain_timeout_s):
             logger.warning(
                 "drain timed out with %d running and %d waiting; cancelling them",
-                self._admission.running,
-                self._admission.waiting,
+                self._slots.running,
+                self._slots.waiting,
             )
 
     async def _publish(self, event: EventType | None = None) -> None:
-        admission = self._admission
-        state = WorkerState.DRAINING if admission.draining else WorkerState.READY
-        self._record = self._record.with_load(admission.running, admission.waiting)
+        slots = self._slots
+        state = WorkerState.DRAINING if slots.draining else WorkerState.READY
+        self._record = self._record.with_load(slots.running, slots.waiting)
         if self._record.state is not state:
             self._record = replace(self._record, state=state)
         if event is None:
@@ -179,42 +176,10 @@ class Heartbeat:
             await asyncio.sleep(max(0.0, started + MIN_GAP_S - loop.time()))
 
     async def _wait_for_change(self, timeout_s: float) -> None:
-        changed = self._admission.load_changed
+        changed = self._slots.load_changed
         try:
             async with asyncio.timeout(timeout_s):
                 await changed.wait()
         except TimeoutError:
             pass
         changed.clear()
-
-
-async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[appkeys.CONFIG]
-    redis: Redis[Any] = Redis.from_url(
-        config.redis_url,
-        socket_timeout=REDIS_TIMEOUT_S,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-    )
-    app[appkeys.REDIS] = redis
-    yield
-    # types-redis 4.6 predates aclose(); close() is deprecated in the redis 5+ we run.
-    await redis.aclose()  # type: ignore[attr-defined,unused-ignore]
-
-
-async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Registers after the engine has loaded (its cleanup_ctx comes first)."""
-    heartbeat = Heartbeat(
-        app[appkeys.REDIS], app[appkeys.CONFIG], app[appkeys.ENGINE], app[appkeys.ADMISSION]
-    )
-    app[appkeys.HEARTBEAT] = heartbeat
-    await heartbeat.start()
-    yield
-    # The CLI drains before closing the listening socket; run_app and tests reach here through
-    # on_shutdown or directly, and drain() is then a no-op or the first and only drain.
-    await heartbeat.drain()
-    await heartbeat.stop()
-
-
-async def drain_on_shutdown(app: web.Application) -> None:
-    """on_shutdown runs after the listener closed but while handlers may still run."""
-    await app[appkeys.HEARTBEAT].drain()

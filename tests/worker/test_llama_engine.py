@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from contract.errors import ContextLengthExceeded
 from contract.wire import Message
 from worker.config import ConfigError, resolve_model_path
-from worker.engine import Finished, SamplingParams
+from worker.engine import Finished, PromptTooLong, SamplingParams
+from worker.handlers import engine_api_error
 from worker.llama_engine import LlamaEngine
 
 from .conftest import StartWorker
@@ -117,10 +117,12 @@ async def test_context_limits() -> None:
     engine = LlamaEngine(MODEL_PATH, n_ctx=64, n_gpu_layers=0, n_threads=1)
     await engine.load()
     try:
-        with pytest.raises(ContextLengthExceeded) as exc_info:
+        with pytest.raises(PromptTooLong) as exc_info:
             await generate(engine, ask("word " * 80))
-        assert "maximum context length is 64 tokens" in exc_info.value.message
-        assert exc_info.value.param == "messages"
+        assert (exc_info.value.n_ctx, exc_info.value.prompt_tokens > 64) == (64, True)
+        error = engine_api_error(exc_info.value)
+        assert "maximum context length is 64 tokens" in error.message
+        assert error.param == "messages"
 
         # A prompt that fits but leaves little room ends with "length" at a full context.
         _, finished = await generate(engine, ask("Tell me a long story."), temperature=0.0)

@@ -1,4 +1,4 @@
-"""Admission: at most `slots` generations at once, then a bounded FIFO wait, then refusal.
+"""SlotQueue: at most `slots` generations at once, then a bounded FIFO wait, then refusal.
 
 A refused request gets 503 `service_unavailable` with `Retry-After: 1` (not 429): the worker is
 saturated or draining, which says nothing about the caller's rate, and a router treats 503 from
@@ -22,7 +22,9 @@ from contract.errors import ServiceUnavailable
 RETRY_AFTER_S = 1.0
 
 
-class Admission:
+class SlotQueue:
+    """The engine's generation slots and the line of requests waiting for one."""
+
     def __init__(self, slots: int, max_queue: int) -> None:
         if slots < 1 or max_queue < 0:
             raise ValueError("slots must be >= 1 and max_queue >= 0")

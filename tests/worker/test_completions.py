@@ -1,0 +1,95 @@
+"""The chat-completion objects: the JSON body, the SSE chunks, the usage chunk and trailer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from contract import sse
+from worker.completions import ChunkWriter, completion, new_completion_id, usage
+from worker.engine import Finished
+
+DONE = Finished("stop", prompt_tokens=7, completion_tokens=3)
+USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+
+
+def frames(raw: bytes) -> list[bytes]:
+    """Whole SSE frames, each with its FRAME_END; asserts nothing is left over."""
+    parts = raw.split(sse.FRAME_END)
+    assert parts[-1] == b""
+    return [part + sse.FRAME_END for part in parts[:-1]]
+
+
+def data(frame: bytes) -> Any:
+    assert frame.startswith(b"data: ")
+    return orjson.loads(frame[len(b"data: ") : -len(sse.FRAME_END)])
+
+
+def test_completion_ids_look_like_openais_and_differ() -> None:
+    ids = {new_completion_id() for _ in range(100)}
+    assert len(ids) == 100
+    for completion_id in ids:
+        assert completion_id.startswith("chatcmpl-")
+        assert len(completion_id) == len("chatcmpl-") + 30
+
+
+def test_usage_adds_up() -> None:
+    assert usage(DONE) == USAGE
+
+
+def test_json_completion_has_openais_keys_in_openais_order() -> None:
+    body = completion("chatcmpl-x", "m", "Hello there", Finished("length", 7, 3))
+    assert list(body) == [
+        "id", "object", "created", "model", "choices", "usage", "system_fingerprint",
+    ]  # fmt: skip
+    assert body["object"] == "chat.completion"
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello there", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "length",
+        }
+    ]
+    assert body["usage"] == USAGE
+
+
+def test_chunks_share_id_created_and_model() -> None:
+    writer = ChunkWriter("chatcmpl-x", "m", include_usage=False)
+    chunks = [data(writer.role()), data(writer.content("Hi")), data(frames(writer.finish(DONE))[0])]
+    assert {(c["id"], c["created"], c["model"], c["object"]) for c in chunks} == {
+        ("chatcmpl-x", chunks[0]["created"], "m", "chat.completion.chunk")
+    }
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[1]["choices"][0]["delta"] == {"content": "Hi"}
+    assert chunks[2]["choices"][0] == {
+        "index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop",
+    }  # fmt: skip
+    assert all("usage" not in c for c in chunks)
+
+
+def test_finish_without_usage_is_the_finish_chunk_then_done() -> None:
+    finish = frames(ChunkWriter("chatcmpl-x", "m", include_usage=False).finish(DONE))
+    assert len(finish) == 2
+    assert finish[1] == sse.DONE
+
+
+def test_include_usage_adds_null_usage_to_chunks_and_a_usage_chunk_before_done() -> None:
+    writer = ChunkWriter("chatcmpl-x", "m", include_usage=True)
+    assert data(writer.content("Hi"))["usage"] is None
+    finish, usage_chunk, done = frames(writer.finish(DONE))
+    assert data(finish)["usage"] is None
+    assert data(usage_chunk)["choices"] == []
+    assert data(usage_chunk)["usage"] == USAGE
+    assert data(usage_chunk)["id"] == "chatcmpl-x"
+    assert done == sse.DONE
+
+
+def test_usage_trailer_is_a_comment_frame_just_before_done() -> None:
+    writer = ChunkWriter("chatcmpl-x", "m", include_usage=False, usage_trailer=True)
+    finish, trailer, done = frames(writer.finish(DONE))
+    assert data(finish)["choices"][0]["finish_reason"] == "stop"
+    assert trailer.startswith(sse.USAGE_TRAILER_PREFIX)
+    assert sse.trailer_total_tokens(trailer) == 10
+    assert done == sse.DONE

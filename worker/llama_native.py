@@ -1,0 +1,92 @@
+"""llama.cpp's C API as the batched engine drives it: model, multi-sequence context, batch rows,
+per-stream sampler chains. Everything here runs off the event loop; free what it makes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import llama_cpp
+
+from worker.engine import SamplingParams
+
+MAX_SEQ = 256  # LLAMA_MAX_SEQ
+PENALTY_LAST_N = 64  # Llama's last_n_tokens_size, which LlamaEngine's penalties use
+
+
+class LoadedModel:
+    """A model loaded through `llama_cpp.Llama`, the one path seen working on the GPU machine
+    (a bare llama_model_load_from_file crashed there). The Llama's own 32-cell context stays
+    unused; its tokenizer and chat template feed LlamaEngine's prompt builder."""
+
+    def __init__(self, path: str, n_gpu_layers: int) -> None:
+        self.llm = llama_cpp.Llama(
+            model_path=path, n_gpu_layers=n_gpu_layers, n_ctx=32, n_batch=32, verbose=False
+        )
+        self.model: Any = self.llm.model
+        self.vocab: Any = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self.vocab)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def new_context(
+    model: LoadedModel,
+    *,
+    n_ctx: int,
+    n_batch: int,
+    n_seq_max: int,
+    n_threads: int | None,
+    unified: bool = False,
+) -> Any:
+    """A context of `n_ctx` KV cells for `n_seq_max` sequences: one stream of n_ctx/n_seq_max
+    cells per sequence, or (`unified`) one cache any sequence may fill. Free with llama_free."""
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = params.n_ubatch = n_batch
+    params.n_seq_max = n_seq_max
+    params.n_outputs_max = n_seq_max  # one sampled row per sequence a step, at most
+    params.kv_unified = unified
+    if n_threads is not None:
+        params.n_threads = params.n_threads_batch = n_threads
+    # As Llama(flash_attn=False), so that the arithmetic is LlamaEngine's.
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    ctx = llama_cpp.llama_init_from_model(model.model, params)
+    if ctx is None:
+        raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} cells")
+    return ctx
+
+
+def put_token(batch: Any, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+    """Row `i` of a llama_batch: `token` at `pos` of sequence `seq_id`."""
+    batch.token[i] = token
+    batch.pos[i] = pos
+    batch.n_seq_id[i] = 1
+    batch.seq_id[i][0] = seq_id
+    batch.logits[i] = logits
+
+
+def new_sampler(params: SamplingParams, n_vocab: int) -> Any:
+    """LlamaEngine's sampler chain, less its no-op links; free with llama_sampler_free. None
+    for plain greedy decoding, which needs no sampler (first highest logit, as llama.cpp's)."""
+    if params.temperature == 0 and not (params.presence_penalty or params.frequency_penalty):
+        return None
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+
+    def add(sampler: Any) -> None:
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+    if params.presence_penalty or params.frequency_penalty:
+        penalties = llama_cpp.llama_sampler_init_penalties(
+            n_vocab, PENALTY_LAST_N, 1.0, params.frequency_penalty, params.presence_penalty
+        )
+        add(penalties)
+    if params.temperature == 0:
+        add(llama_cpp.llama_sampler_init_greedy())
+        return chain
+    if params.top_p < 1:
+        add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+    add(llama_cpp.llama_sampler_init_temp(params.temperature))
+    seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+    add(llama_cpp.llama_sampler_init_dist(seed))
+    return chain

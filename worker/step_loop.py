@@ -1,0 +1,360 @@
+"""The batched engine's inference thread: one step loop over every slot of one context.
+
+See worker.batched_engine for the design (KV layout, two decodes a step, prompt chunks, slot
+compaction, prompt caches). Everything here runs on that one thread, except `submit` and `stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from worker.engine import (
+    EngineStopped,
+    Finished,
+    FinishReason,
+    Item,
+    SamplingParams,
+    completion_limit,
+)
+from worker.llama_engine import ChatPrompt
+from worker.llama_native import LoadedModel, new_sampler, put_token
+from worker.stops import StopMatcher
+
+logger = logging.getLogger(__name__)
+
+# A slot left free for this many steps is filled by moving the highest busy stream down. Sooner
+# would be wasted: a closed loop refills a slot within a step or two, and moving a stream down
+# overwrites the hole's prompt cache.
+COMPACT_AFTER_STEPS = 8
+
+
+@dataclass(eq=False, slots=True)
+class Request:
+    prompt: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[Item]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(eq=False, slots=True)
+class Generation:
+    """A request holding a slot; touched only by the inference thread."""
+
+    request: Request
+    seq_id: int
+    sampler: Any  # llama_sampler_p, freed on release; None: greedy, an argmax of the logits
+    limit: int  # most completion tokens it may produce
+    stops: StopMatcher
+    decoder: codecs.IncrementalDecoder
+    fed: int = 0  # prompt tokens in the KV cache
+    generated: list[int] = field(default_factory=list)  # sampled; all but the last decoded
+    next_token: int | None = None  # sampled, to be decoded next step
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How the loop uses its context: `slots` streams of `n_ctx` cells each."""
+
+    n_ctx: int  # per stream
+    slots: int
+    prefill_chunk: int  # prompt tokens read per step, at most
+    kv_unified: bool
+
+
+class StepLoop:
+    def __init__(
+        self, model: LoadedModel, chat: ChatPrompt, ctx: Any, batch: Any, layout: Layout
+    ) -> None:
+        self._model = model
+        self._chat = chat
+        self._ctx = ctx
+        self._batch = batch
+        self._n_ctx = layout.n_ctx
+        self._prefill_chunk = layout.prefill_chunk
+        self._kv_unified = layout.kv_unified
+        self._incoming: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # a request is queued before the loop stops, or refused
+        self._stopped = False
+        # Slot i holds sequence id i.
+        self._waiting: deque[Request] = deque()
+        self._by_id: list[Generation | None] = [None] * layout.slots
+        self._cached: list[list[int]] = [[] for _ in range(layout.slots)]  # a free slot's KV
+        self._freed_at = [0] * layout.slots  # step count when the slot was last freed
+        self._steps = COMPACT_AFTER_STEPS
+        self._outbox: list[tuple[Request, Item]] = []
+
+    def submit(self, request: Request) -> None:
+        """Queue `request` (any thread); raise EngineStopped once the loop has stopped."""
+        with self._lock:
+            if self._stopped:
+                raise EngineStopped()
+            self._incoming.put(request)
+
+    def stop(self) -> None:
+        """Ask the loop to end (any thread); it fails whatever is still in flight."""
+        self._incoming.put(None)
+
+    def run(self) -> None:
+        """The inference thread: until stopped, take requests in, step, hand out what came."""
+        try:
+            while self._collect():
+                self._schedule()
+                if any(self._by_id):
+                    self._step()
+                self._post()
+        except BaseException:
+            logger.exception("the batched engine's step loop failed")
+        finally:
+            with self._lock:
+                self._stopped = True
+            self._fail_all(EngineStopped("The engine stopped."))
+
+    def _busy(self) -> Iterator[Generation]:
+        return (seq for seq in self._by_id if seq is not None)
+
+    def _collect(self) -> bool:
+        """Move new requests to the waiting line, blocking only when idle. False: shut down."""
+        block = not self._waiting and not any(self._by_id)
+        while True:
+            try:
+                request = self._incoming.get(block=block)
+            except queue.Empty:
+                return True
+            if request is None:
+                return False
+            self._waiting.append(request)
+            block = False
+
+    def _schedule(self) -> None:
+        """Drop cancelled streams, admit waiting ones into the lowest free ids, close holes."""
+        for seq in [s for s in self._busy() if s.request.cancelled.is_set()]:
+            self._release(seq)
+        while self._waiting and None in self._by_id:
+            request = self._waiting.popleft()
+            if request.cancelled.is_set():
+                continue
+            params = request.params
+            limit = completion_limit(self._n_ctx, len(request.prompt), params.max_tokens)
+            seq_id = self._by_id.index(None)
+            self._by_id[seq_id] = Generation(
+                request=request,
+                seq_id=seq_id,
+                sampler=new_sampler(params, self._model.n_vocab),
+                limit=limit,
+                stops=StopMatcher(params.stop),
+                decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
+                fed=self._reuse(seq_id, request.prompt),
+            )
+        self._compact()
+
+    def _reuse(self, seq_id: int, prompt: list[int]) -> int:
+        """Keep the slot's cached prefix of `prompt` (up to all but 2 tokens, so the rest is
+        read in a ubatch of >= 2 as a fresh prompt would be); drop the remainder."""
+        cached, self._cached[seq_id] = self._cached[seq_id], []
+        keep = 0
+        for a, b in zip(cached, prompt[: max(0, len(prompt) - 2)], strict=False):
+            if a != b:
+                break
+            keep += 1
+        mem = llama_cpp.llama_get_memory(self._ctx)
+        if keep < len(cached) and not llama_cpp.llama_memory_seq_rm(mem, seq_id, keep, -1):
+            llama_cpp.llama_memory_seq_rm(mem, seq_id, -1, -1)  # never for a KV cache
+            return 0
+        return keep
+
+    def _compact(self) -> None:
+        mem = llama_cpp.llama_get_memory(self._ctx)
+        old = self._steps - COMPACT_AFTER_STEPS
+        while True:
+            hole = next(
+                (i for i, s in enumerate(self._by_id) if s is None and self._freed_at[i] <= old), -1
+            )
+            top = max((s.seq_id for s in self._busy()), default=-1)
+            if not 0 <= hole < top:
+                return
+            seq = self._by_id[top]
+            assert seq is not None
+            llama_cpp.llama_memory_seq_cp(mem, top, hole, -1, -1)  # overwrites hole's cache
+            llama_cpp.llama_memory_seq_rm(mem, top, -1, -1)
+            self._cached[hole] = []
+            self._by_id[top], self._by_id[hole] = None, seq
+            seq.seq_id = hole
+            logger.debug("moved the stream in slot %s down to slot %s", top, hole)
+
+    def _step(self) -> None:
+        self._steps += 1
+        generating: list[tuple[Generation, int, int]] = []  # (sequence, token, position)
+        reading: list[Generation] = []
+        for seq in self._busy():
+            if seq.next_token is not None:
+                generating.append((seq, seq.next_token, seq.fed + seq.completion_tokens - 1))
+            elif len(seq.request.prompt) - seq.fed == 1:  # a one-token prompt reads like a step
+                generating.append((seq, seq.request.prompt[-1], seq.fed))
+                seq.fed += 1
+            else:
+                reading.append(seq)
+        chunks = self._plan_chunks(reading)
+        if self._kv_unified:
+            self._decode(generating, chunks)
+        else:
+            # Two calls: llama.cpp splits a batch over split streams into ubatches anyway, and
+            # this keeps every prompt token in a ubatch of >= 2 tokens of its stream, as in a
+            # single-sequence prefill (a 1-token ubatch takes another attention kernel on the
+            # CPU, whose rounding differs).
+            if generating:
+                self._decode(generating, [])
+            if chunks:
+                self._decode([], chunks)
+
+    def _plan_chunks(self, reading: list[Generation]) -> list[tuple[Generation, int]]:
+        left = [len(s.request.prompt) - s.fed for s in reading]
+        size, joining = plan_chunks(left, self._prefill_chunk)
+        return [(reading[i], size) for i in joining]
+
+    def _decode(
+        self, generating: list[tuple[Generation, int, int]], chunks: list[tuple[Generation, int]]
+    ) -> None:
+        """One llama_decode, then sample every sequence that has a new row of logits."""
+        batch = self._batch
+        outputs: list[tuple[Generation, int]] = []
+        n = 0
+        for seq, token, pos in generating:
+            put_token(batch, n, token, pos, seq.seq_id, True)
+            outputs.append((seq, n))
+            n += 1
+        for seq, size in chunks:
+            prompt = seq.request.prompt
+            for pos in range(seq.fed, seq.fed + size):
+                put_token(batch, n, prompt[pos], pos, seq.seq_id, pos == len(prompt) - 1)
+                n += 1
+            seq.fed += size
+            if seq.fed == len(prompt):
+                outputs.append((seq, n - 1))
+        batch.n_tokens = n
+        status = llama_cpp.llama_decode(self._ctx, batch)
+        if status != 0:
+            # Cannot happen while every stream keeps to its own n_ctx cells: fail the streams
+            # in this batch rather than the engine (their cells may hold a partial write).
+            logger.error("llama_decode returned %s for %s tokens", status, n)
+            for seq in [s for s, _, _ in generating] + [s for s, _ in chunks]:
+                self._send(seq.request, RuntimeError(f"llama_decode failed ({status})"))
+                self._release(seq, keep_cache=False)
+            return
+        for seq, index in outputs:
+            if seq.sampler is None:  # what the greedy sampler picks, in a quarter of the time
+                row = llama_cpp.llama_get_logits_ith(self._ctx, index)
+                token = int(np.ctypeslib.as_array(row, shape=(self._model.n_vocab,)).argmax())
+            else:
+                token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index)
+            self._on_token(seq, token)
+
+    def _on_token(self, seq: Generation, token: int) -> None:
+        seq.completion_tokens += 1  # an end-of-generation token too: it cost a decode step
+        seq.generated.append(token)
+        seq.next_token = None
+        if llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
+            self._finish(seq, "stop")
+            return
+        text, stopped = seq.stops.feed(seq.decoder.decode(self._chat.piece(token)))
+        if text:
+            self._send(seq.request, text)
+        if stopped:
+            self._finish(seq, "stop", stop_hit=True)
+        elif seq.completion_tokens >= seq.limit:
+            self._finish(seq, "length")
+        else:
+            seq.next_token = token
+
+    def _finish(self, seq: Generation, reason: FinishReason, *, stop_hit: bool = False) -> None:
+        text = ""
+        if not stop_hit:  # a trailing partial UTF-8 sequence, then a partial stop string
+            text, stop_hit = seq.stops.feed(seq.decoder.decode(b"", final=True))
+            if not stop_hit:
+                text += seq.stops.flush()
+        if text:
+            self._send(seq.request, text)
+        final: FinishReason = "stop" if stop_hit else reason
+        self._send(seq.request, Finished(final, len(seq.request.prompt), seq.completion_tokens))
+        self._release(seq)
+
+    def _release(self, seq: Generation, *, keep_cache: bool = True) -> None:
+        """Free the slot. Its own KV stream stays as the slot's prompt cache; shared (unified)
+        cells go back at once."""
+        if keep_cache and not self._kv_unified:
+            self._cached[seq.seq_id] = seq.request.prompt[: seq.fed] + seq.generated[:-1]
+        else:
+            mem = llama_cpp.llama_get_memory(self._ctx)
+            llama_cpp.llama_memory_seq_rm(mem, seq.seq_id, -1, -1)
+        if seq.sampler is not None:
+            llama_cpp.llama_sampler_free(seq.sampler)
+        self._by_id[seq.seq_id] = None
+        self._freed_at[seq.seq_id] = self._steps
+
+    def _send(self, request: Request, item: Item) -> None:
+        self._outbox.append((request, item))
+
+    def _post(self) -> None:
+        """Hand this step's output to the event loops, one wake-up per loop."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Request, Item]]] = {}
+        for request, item in self._outbox:
+            by_loop.setdefault(request.loop, []).append((request, item))
+        self._outbox.clear()
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody listens
+                loop.call_soon_threadsafe(_deliver, items)
+
+    def _fail_all(self, error: BaseException) -> None:
+        for seq in list(self._busy()):
+            self._send(seq.request, error)
+            self._release(seq)
+        while True:
+            try:
+                request = self._incoming.get_nowait()
+            except queue.Empty:
+                break
+            if request is not None:
+                self._waiting.append(request)
+        for request in self._waiting:
+            self._send(request, error)
+        self._waiting.clear()
+        self._post()
+
+
+def plan_chunks(left: Sequence[int], budget: int) -> tuple[int, list[int]]:
+    """One chunk size for this step's prompt reads, and which prompts (indices into `left`,
+    their tokens still to read, each >= 2) read that many.
+
+    One size, so that llama.cpp reads them in one ubatch (per run of consecutive ids) holding
+    that many tokens of each stream, >= 2. A prompt joins when it has exactly `size` tokens left
+    or `size` + 2 or more, never leaving a lone token for later; the others wait a step. The
+    size is the one that reads the most tokens within the budget (>= 3)."""
+    best = (0, 0, 0)  # (tokens, prompts, size)
+    for size in set(left) | {n - 2 for n in left} | {budget // k for k in range(1, 17)}:
+        if 2 <= size <= budget:
+            joins = sum(1 for n in left if n == size or n >= size + 2)
+            count = min(joins, budget // size)
+            best = max(best, (size * count, count, size))
+    _, count, size = best
+    joining = [i for i, n in enumerate(left) if n == size or n >= size + 2]
+    return size, joining[:count]
+
+
+def _deliver(items: list[tuple[Request, Item]]) -> None:
+    for request, item in items:
+        request.out.put_nowait(item)
