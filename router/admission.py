@@ -1,7 +1,12 @@
 """Admission: at most `slots` of this replica's requests on a worker, the rest in a bounded queue.
 
+Admission is the one place that changes an upstream's load and breaker state (router.upstream):
+a request begins on a worker when it is granted a place (`acquire`), ends when it gives the place
+back (`release`), and the relay reports in between how the worker did (`succeeded`, `refused`
+before any answer, `failed` mid-answer).
+
 A worker advertises its slots in its registry record. This replica sends a worker no more
-requests at once than that (`WorkerLoad.has_room`: its own in-flight count, exact and local, so
+requests at once than that (`Upstream.has_room`: its own in-flight count, exact and local, so
 it cannot drift or go stale while Redis is away), and never to a worker whose circuit breaker is
 open (router.breaker). Among the workers with room the balancing policy picks by estimated load,
 which is the worker's reported running + waiting plus this replica's changes since (so other
@@ -23,8 +28,8 @@ When no worker of the model has room, the request waits in that model's FIFO que
   had just been handed to it, that is passed on to the next waiter.
 
 A request retried after a failure before its first byte (router.proxy) comes back with the
-workers it tried excluded, goes to the front of the queue and may exceed `queue_max`: it was
-admitted once already. All of its attempts share one wait deadline.
+workers it tried, which it will not get again; it goes to the front of the queue and may exceed
+`queue_max`: it was admitted once already. All of its attempts share one wait deadline.
 """
 
 from __future__ import annotations
@@ -34,27 +39,22 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from contract.errors import ServiceUnavailable
-from router.breaker import BreakerSettings
+from router.breaker import BreakerSettings, BreakerState
+from router.metrics import CancelPhase, QueueRejection, UpstreamError
 
 if TYPE_CHECKING:
     from router.balancer import Policy
+    from router.config import RouterConfig
     from router.metrics import RouterMetrics
-    from router.snapshot import RegistryView, Upstream
+    from router.upstream import Upstream
+    from router.view import RegistryView
 
 logger = logging.getLogger(__name__)
 
 QUEUE_RETRY_AFTER_S: Final = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class AdmissionSettings:
-    queue_max: int = 256  # waiters per model
-    queue_timeout_s: float = 30.0
-    breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
 
 class Grant:
@@ -69,10 +69,10 @@ class Grant:
 
 
 class _Waiter:
-    __slots__ = ("exclude", "future")
+    __slots__ = ("future", "tried")
 
-    def __init__(self, exclude: Sequence[str], future: asyncio.Future[Grant]) -> None:
-        self.exclude = exclude
+    def __init__(self, tried: Sequence[str], future: asyncio.Future[Grant]) -> None:
+        self.tried = tried
         self.future = future
 
 
@@ -92,18 +92,22 @@ class _Queue:
 
 
 class Admission:
+    """Grants places on the workers of a model, queues the requests that find none, and is told
+    how each worker did; the one owner of every upstream's load and breaker state."""
+
     def __init__(
         self,
         view: RegistryView,
         policy: Policy,
         metrics: RouterMetrics,
-        settings: AdmissionSettings,
+        config: RouterConfig,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._view = view
         self._policy = policy
         self._metrics = metrics
-        self._settings = settings
+        self._queue_max = config.queue_max  # waiters per model
+        self._breaker = BreakerSettings(config.breaker_failures, config.breaker_open_s)
         self._clock = clock
         self._queues: dict[str, _Queue] = {}
         self._timers: set[asyncio.TimerHandle] = set()
@@ -114,28 +118,30 @@ class Admission:
         queue = self._queues.get(model)
         return len(queue.waiters) if queue is not None else 0
 
-    async def acquire(
-        self, model: str, exclude: Sequence[str], deadline: float, *, retry: bool = False
-    ) -> Grant | None:
-        """A worker of `model` not in `exclude` with room, waiting until loop time `deadline`.
+    async def acquire(self, model: str, tried: Sequence[str], deadline: float) -> Grant | None:
+        """A worker of `model` with room that the request has not `tried`, waiting until loop
+        time `deadline`.
 
-        None when every candidate is excluded (nothing left to try); ServiceUnavailable when the
-        queue is full or the deadline passes.
+        None when every candidate has been tried; the view's no-worker error when the model has
+        no candidate at all; ServiceUnavailable when the queue is full or the deadline passes.
         """
-        grant = self._try(model, exclude)
+        grant = self._try(model, tried)
         if grant is not None:
             return grant
-        if all(u.worker_id in exclude for u in self._view.candidates(model)):
+        if all(u.worker_id in tried for u in self._view.candidates(model)):
+            if not tried:
+                raise self._view.no_worker(model)
             return None
+        retry = bool(tried)
         queue = self._queue(model)
-        if not retry and len(queue.waiters) >= self._settings.queue_max:
-            self._metrics.queue_rejections.labels("full").inc()
+        if not retry and len(queue.waiters) >= self._queue_max:
+            self._metrics.queue_rejections.labels(QueueRejection.FULL).inc()
             raise ServiceUnavailable(
                 "Every worker for this model is busy and the queue is full; retry shortly.",
                 code="queue_full",
                 retry_after_s=QUEUE_RETRY_AFTER_S,
             )
-        waiter = _Waiter(exclude, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(tried, asyncio.get_running_loop().create_future())
         if retry:
             queue.waiters.appendleft(waiter)
         else:
@@ -147,14 +153,14 @@ class Admission:
                 granted = await waiter.future
             return granted
         except TimeoutError:
-            self._metrics.queue_rejections.labels("timeout").inc()
+            self._metrics.queue_rejections.labels(QueueRejection.TIMEOUT).inc()
             raise ServiceUnavailable(
                 "Every worker for this model stayed busy; retry shortly.",
                 code="queue_timeout",
                 retry_after_s=QUEUE_RETRY_AFTER_S,
             ) from None
         except asyncio.CancelledError:
-            self._metrics.cancellations.labels("queued").inc()
+            self._metrics.cancellations.labels(CancelPhase.QUEUED).inc()
             raise
         finally:
             if granted is None:  # leaving without it: timed out or cancelled
@@ -182,19 +188,33 @@ class Admission:
         if upstream.breaker.succeeded(grant.probe):
             grant.probe = False
             logger.info("worker %s answers again; taken back", upstream.worker_id)
-            self._metrics.breaker_transitions.labels(upstream.worker_id, "closed").inc()
+            self._metrics.breaker_transitions.labels(upstream.worker_id, BreakerState.CLOSED).inc()
             self._dispatch(upstream.record.model)
 
-    def failed(self, grant: Grant) -> None:
+    def refused(self, grant: Grant, kind: UpstreamError) -> None:
+        """The worker gave no answer (`kind` says how), so the request may go elsewhere.
+
+        It is tried last until its next load report; unless it was busy (503: up, but full or
+        draining), that also counts against its breaker.
+        """
+        upstream = grant.upstream
+        upstream.refused()
+        if kind is UpstreamError.BUSY:
+            self._metrics.upstream_errors.labels(upstream.worker_id, kind).inc()
+        else:
+            self.failed(grant, kind)
+
+    def failed(self, grant: Grant, kind: UpstreamError) -> None:
         """The worker failed this request (see router.breaker for what counts)."""
         upstream = grant.upstream
-        open_s = upstream.breaker.failed(self._clock(), grant.probe, self._settings.breaker)
+        self._metrics.upstream_errors.labels(upstream.worker_id, kind).inc()
+        open_s = upstream.breaker.failed(self._clock(), grant.probe, self._breaker)
         grant.probe = False
         if open_s is not None:
             logger.warning(
                 "worker %s put aside for %.1fs after failures", upstream.worker_id, open_s
             )
-            self._metrics.breaker_transitions.labels(upstream.worker_id, "open").inc()
+            self._metrics.breaker_transitions.labels(upstream.worker_id, BreakerState.OPEN).inc()
             self._wake_later(upstream.record.model, open_s)
 
     # -- the capacity side -------------------------------------------------------------------
@@ -210,13 +230,13 @@ class Admission:
             timer.cancel()
         self._timers.clear()
 
-    def _try(self, model: str, exclude: Sequence[str]) -> Grant | None:
+    def _try(self, model: str, tried: Sequence[str]) -> Grant | None:
         """Reserve the policy's pick among the workers with room, if there is one."""
         now = self._clock()
         room = [
             u
             for u in self._view.candidates(model)
-            if u.has_room and u.worker_id not in exclude and u.breaker.allows(now)
+            if u.has_room and u.worker_id not in tried and u.breaker.allows(now)
         ]
         if not room:
             return None
@@ -235,11 +255,11 @@ class Admission:
             if waiter.future.done():
                 queue.remove(waiter)
                 continue
-            grant = self._try(model, waiter.exclude)
+            grant = self._try(model, waiter.tried)
             if grant is None:
                 if not self._any_room(model):
                     break
-                continue  # this waiter excludes what is free; a later one may not
+                continue  # this waiter has tried what is free; a later one may not have
             waiter.future.set_result(grant)
             queue.remove(waiter)
 

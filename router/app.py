@@ -16,15 +16,15 @@ from redis.asyncio import Redis
 
 from router import handlers
 from router.access import Access
-from router.admission import Admission, AdmissionSettings
+from router.admission import Admission
 from router.appkeys import ACCESS, ADMISSION, CONFIG, METRICS, POLICY, REDIS, RELAY, VIEW
 from router.balancer import Policy, make_policy
-from router.breaker import BreakerSettings
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.middleware import edge_middleware
 from router.proxy import Relay, create_session
-from router.snapshot import RegistryView, RegistryWatcher
+from router.view import RegistryView
+from router.watcher import RegistryWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +79,7 @@ async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _admission_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    settings = AdmissionSettings(
-        queue_max=config.queue_max,
-        queue_timeout_s=config.queue_timeout_s,
-        breaker=BreakerSettings(config.breaker_failures, config.breaker_open_s),
-    )
-    admission = Admission(app[VIEW], app[POLICY], app[METRICS], settings)
+    admission = Admission(app[VIEW], app[POLICY], app[METRICS], app[CONFIG])
     app[ADMISSION] = admission
     app[VIEW].add_listener(admission.capacity_changed)
     yield

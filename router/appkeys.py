@@ -5,13 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 from redis.asyncio import Redis
 
-from router.access import Access, Scope
+from router.access import Access
 from router.admission import Admission
 from router.balancer import Policy
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.proxy import Relay
-from router.snapshot import RegistryView
+from router.view import RegistryView
 
 CONFIG = web.AppKey("config", RouterConfig)
 METRICS = web.AppKey("metrics", RouterMetrics)
@@ -23,4 +23,3 @@ ADMISSION = web.AppKey("admission", Admission)
 ACCESS = web.AppKey("access", Access)
 
 REQUEST_ID = web.RequestKey("request_id", str)
-SCOPE = web.RequestKey("scope", Scope)

@@ -1,88 +1,32 @@
 """Choosing a worker: the balancing policies. Pure: imports neither aiohttp nor redis.
 
 A policy picks among the candidates it is given; the caller (router.admission) passes only
-workers that have room (this replica's in-flight below the worker's slots, breaker closed), so a
-policy never has to know about capacity. Three policies, selected by `--policy`:
+workers that have room (this replica's in-flight below the worker's slots, breaker closed) and
+that the request has not tried yet, so a policy never has to know about capacity or retries. It
+reads a candidate's `load` only (router.upstream says how it is estimated). Three policies,
+selected by `--policy`:
 
-    least-loaded  the lowest estimated load (below), ties at random (the default)
+    least-loaded  the lowest estimated load, ties at random (the default)
     round-robin   each candidate in turn
     random        uniformly at random
-
-A worker's load, as this replica estimates it, is what the worker last reported (running +
-waiting) plus the requests this replica started since that report, minus those it finished since
-(a request that was already counted in the report and then finished lowers the load too). Each
-report resets the deltas, so estimation errors last at most one heartbeat. A worker that just
-refused a request (no connection, or full) counts as loaded by FAILED_PENALTY until its next
-report, so it is tried last rather than first again. `in_flight` is the plain count of this
-replica's open requests to the worker, for metrics.
 """
 
 from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Container, Sequence
-from typing import Final, Protocol, TypeVar
-
-FAILED_PENALTY: Final = 1_000_000
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 
-class WorkerLoad:
-    """Load counters of one worker, mutated by the dispatcher; never negative.
-
-    `slots` is how many requests the worker runs at once (its registry record says); this
-    replica admits at most that many to it (`has_room`).
-    """
-
-    __slots__ = (
-        "_finished",
-        "_penalty",
-        "_reported",
-        "_started",
-        "in_flight",
-        "slots",
-        "worker_id",
-    )
-
-    def __init__(self, worker_id: str, reported: int = 0, slots: int = 1) -> None:
-        self.worker_id = worker_id
-        self.slots = max(1, slots)
-        self._reported = max(0, reported)
-        self._started = 0
-        self._finished = 0
-        self._penalty = 0
-        self.in_flight = 0
+class Candidate(Protocol):
+    """What a policy reads of a worker (router.upstream.Upstream)."""
 
     @property
-    def has_room(self) -> bool:
-        return self.in_flight < self.slots
-
-    @property
-    def load(self) -> int:
-        return max(0, self._reported + self._started - self._finished) + self._penalty
-
-    def report(self, queue_depth: int) -> None:
-        """A fresh heartbeat: the worker's own count replaces our estimate."""
-        self._reported = max(0, queue_depth)
-        self._started = 0
-        self._finished = 0
-        self._penalty = 0
-
-    def refused(self) -> None:
-        """It could not take a request; prefer every other worker until it reports again."""
-        self._penalty = FAILED_PENALTY
-
-    def begin(self) -> None:
-        self._started += 1
-        self.in_flight += 1
-
-    def end(self) -> None:
-        self._finished += 1
-        if self.in_flight > 0:
-            self.in_flight -= 1
+    def load(self) -> int: ...
 
 
-L = TypeVar("L", bound=WorkerLoad)
+C = TypeVar("C", bound=Candidate)
 
 
 class PolicyName(enum.StrEnum):
@@ -98,8 +42,8 @@ class RandomSource(Protocol):
 
 
 class Policy(Protocol):
-    def choose(self, candidates: Sequence[L], exclude: Container[str] = ()) -> L | None:
-        """A candidate whose worker_id is not in `exclude`, or None if there is none."""
+    def choose(self, candidates: Sequence[C]) -> C | None:
+        """One of `candidates`, or None if there is none."""
         ...
 
 
@@ -111,13 +55,11 @@ class LeastLoaded:
     def __init__(self, rng: RandomSource | None = None) -> None:
         self._rng = rng if rng is not None else random.Random()
 
-    def choose(self, candidates: Sequence[L], exclude: Container[str] = ()) -> L | None:
-        best: L | None = None
+    def choose(self, candidates: Sequence[C]) -> C | None:
+        best: C | None = None
         best_load = 0
         ties = 0
         for candidate in candidates:
-            if candidate.worker_id in exclude:
-                continue
             load = candidate.load
             if best is None or load < best_load:
                 best, best_load, ties = candidate, load, 1
@@ -138,14 +80,13 @@ class RoundRobin:
     def __init__(self) -> None:
         self._next = 0
 
-    def choose(self, candidates: Sequence[L], exclude: Container[str] = ()) -> L | None:
+    def choose(self, candidates: Sequence[C]) -> C | None:
         n = len(candidates)
-        for i in range(n):
-            candidate = candidates[(self._next + i) % n]
-            if candidate.worker_id not in exclude:
-                self._next = (self._next + i + 1) % n
-                return candidate
-        return None
+        if not n:
+            return None
+        candidate = candidates[self._next % n]
+        self._next = (self._next + 1) % n
+        return candidate
 
 
 class Uniform:
@@ -156,13 +97,9 @@ class Uniform:
     def __init__(self, rng: RandomSource | None = None) -> None:
         self._rng = rng if rng is not None else random.Random()
 
-    def choose(self, candidates: Sequence[L], exclude: Container[str] = ()) -> L | None:
-        best: L | None = None
-        seen = 0
-        for candidate in candidates:
-            if candidate.worker_id in exclude:
-                continue
-            seen += 1
+    def choose(self, candidates: Sequence[C]) -> C | None:
+        best: C | None = None
+        for seen, candidate in enumerate(candidates, 1):
             if self._rng.random() * seen < 1.0:  # reservoir sampling, as above
                 best = candidate
         return best

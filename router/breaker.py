@@ -8,12 +8,13 @@
 A failure is what the relay sees before or while the worker answers: a refused, reset or timed-out
 connection, a 5xx other than 503, a first-token timeout, a stream broken mid-way. A success is
 an answer with a status below 500. A 503 is neither: the worker is up and full or draining,
-which the balancer's penalty (`WorkerLoad.refused`) handles.
+which the load penalty (`Upstream.refused`) handles.
 
 The probe is a real request. It is chosen only while the worker is half-open, and a failure
 before the first byte sends it on to another worker, so probing costs a client at most one quick
-failover. The state lives on each `Upstream` (a worker that restarts gets a fresh one); the
-settings are shared. Pure: no aiohttp, no redis, no clock of its own (callers pass `now`).
+failover. The state lives on each `Upstream` (a worker that restarts gets a fresh one) and only
+router.admission moves it; the settings, built from the router's config, are shared. Pure: no
+aiohttp, no redis, no clock of its own (callers pass `now`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from typing import Final
 MAX_OPEN_S: Final = 30.0
 
 
-class BreakerState(enum.Enum):
+class BreakerState(enum.StrEnum):
+    """Also the `state` label of router_breaker_transitions_total."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
@@ -33,8 +36,8 @@ class BreakerState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class BreakerSettings:
-    failures: int = 2  # consecutive failures that open the breaker
-    open_s: float = 1.0  # first time put aside; doubles on each failed probe
+    failures: int  # consecutive failures that open the breaker
+    open_s: float  # first time put aside; doubles on each failed probe
 
     def __post_init__(self) -> None:
         if self.failures < 1:

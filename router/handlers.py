@@ -10,33 +10,27 @@ import orjson
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from contract.errors import (
-    ApiError,
-    ModelNotFound,
-    ServiceUnavailable,
-    UnsupportedMediaType,
-)
+from contract.errors import ApiError, ModelNotFound, UnsupportedMediaType
+from contract.telemetry import status_class
 from contract.wire import model_object, parse_chat_request
 from router.access import OPEN
 from router.appkeys import ACCESS, CONFIG, METRICS, RELAY, REQUEST_ID, VIEW
+from router.exchange import Exchange, TokenMeter
 from router.intake import read_body
-from router.metrics import CANCELLED, OTHER_MODEL, status_class
-from router.proxy import TokenMeter
-from router.snapshot import RegistryView
+from router.metrics import CANCELLED, OTHER_MODEL, Rejection, Route
+from router.middleware import JSON
 
-JSON: Final = "application/json"
-NO_WORKER_RETRY_AFTER_S: Final = 1.0
 NO_PROJECT: Final = "none"  # the project label of requests without a known project
 # Refusals before any worker is involved, by status; 502/504 are upstream errors, not these.
-_REJECTION_REASONS: Final = {
-    400: "invalid_request",
-    401: "invalid_api_key",
-    404: "model_not_found",
-    408: "request_timeout",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    429: "rate_limited",
-    503: "unavailable",
+_REJECTIONS: Final = {
+    400: Rejection.INVALID_REQUEST,
+    401: Rejection.INVALID_API_KEY,
+    404: Rejection.MODEL_NOT_FOUND,
+    408: Rejection.REQUEST_TIMEOUT,
+    413: Rejection.PAYLOAD_TOO_LARGE,
+    415: Rejection.UNSUPPORTED_MEDIA_TYPE,
+    429: Rejection.RATE_LIMITED,
+    503: Rejection.UNAVAILABLE,
 }
 
 
@@ -44,7 +38,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     arrived = time.perf_counter()
     app = request.app
     metrics = app[METRICS]
-    view = app[VIEW]
     series = metrics.chat_series(OTHER_MODEL, False)
     status = 500
     access = app[ACCESS]
@@ -57,25 +50,25 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         chat = parse_chat_request(body)  # the one parse; `body` goes upstream unchanged
         model = chat.model
         access.check_model(scope, model)
+        view = app[VIEW]
         series = metrics.chat_series(model if model in view.models else OTHER_MODEL, chat.stream)
-        candidates = view.candidates(model)
-        if not candidates:
-            raise _no_worker(view, model)
+        if not view.candidates(model):
+            raise view.no_worker(model)  # before the rate limit counts the request
         decision = await access.admit(scope)
         limited = scope.key is not None and scope.key.tpm is not None
         meter = TokenMeter() if limited else None
+        exchange = Exchange(
+            body=body,
+            content_type=content_type,
+            request_id=request[REQUEST_ID],
+            model=model,
+            series=series,
+            arrived=arrived,
+            rate_headers=decision.headers(),
+            meter=meter,
+        )
         try:
-            response = await app[RELAY].forward(
-                request,
-                body,
-                content_type,
-                request[REQUEST_ID],
-                model,
-                series,
-                arrived,
-                decision.headers(),
-                meter,
-            )
+            response = await app[RELAY].forward(request, exchange)
         finally:
             if meter is not None:  # charged however the response ended, from its real usage
                 await asyncio.shield(access.charge(scope, meter.total_tokens))
@@ -83,7 +76,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return response
     except ApiError as exc:
         status = exc.status
-        reason = _REJECTION_REASONS.get(status)
+        reason = _REJECTIONS.get(status)
         if reason is not None:
             metrics.rejections.labels(reason).inc()
         raise
@@ -108,21 +101,6 @@ def _json_content_type(request: web.Request) -> str:
     raise UnsupportedMediaType(
         f"Unsupported Content-Type {value.partition(';')[0]!r}; send application/json."
     )
-
-
-def _no_worker(view: RegistryView, model: str) -> ApiError:
-    if model in view.models:
-        return ServiceUnavailable(
-            f"No worker is serving model `{model}` right now; retry shortly.",
-            retry_after_s=NO_WORKER_RETRY_AFTER_S,
-        )
-    if view.loaded_at is None:
-        # Before the first registry read every model looks unknown; do not call it missing.
-        return ServiceUnavailable(
-            "The router has not loaded the worker registry yet; retry shortly.",
-            retry_after_s=NO_WORKER_RETRY_AFTER_S,
-        )
-    return ModelNotFound(model)
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:
@@ -150,7 +128,7 @@ async def retrieve_model(request: web.Request) -> web.Response:
 
 
 def _count_models(request: web.Request, status: int) -> None:
-    request.app[METRICS].requests.labels("models", "", f"{status // 100}xx").inc()
+    request.app[METRICS].requests.labels(Route.MODELS, "", status_class(status)).inc()
 
 
 async def health(request: web.Request) -> web.Response:

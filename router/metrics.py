@@ -35,28 +35,100 @@ and an observe, not a label resolution; view-derived gauges are computed at scra
 
 from __future__ import annotations
 
+import enum
 import math
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from router.snapshot import RegistryView
+from contract.registry import WorkerRecord
+from contract.telemetry import LATENCY_BUCKETS, StatusClass, status_class
 
-OTHER_MODEL = "other"
+OTHER_MODEL: Final = "other"
+CANCELLED: Final = 0  # the status recorded for a request whose client hung up
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 FIRST_BYTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 GAP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 OVERHEAD_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 )  # fmt: skip
 
-_STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
-CANCELLED = 0  # the status recorded for a request whose client hung up
+
+# Label values: dashboards and alerts (deploy/) query these very strings.
+
+
+class Route(enum.StrEnum):
+    """The `endpoint` label of router_requests_total."""
+
+    CHAT_COMPLETIONS = "chat_completions"
+    MODELS = "models"
+
+
+class CancelPhase(enum.StrEnum):
+    """Where a request was when its client hung up (or, `stalled`, stopped reading)."""
+
+    QUEUED = "queued"
+    WAITING = "waiting"
+    STREAMING = "streaming"
+    STALLED = "stalled"
+
+
+class UpstreamError(enum.StrEnum):
+    """How a worker failed a request; also how an attempt ended before the first byte."""
+
+    CONNECT = "connect"  # no connection: refused, reset, or the connect timeout
+    BUSY = "busy"  # it answered 503: full or draining
+    STATUS = "status"  # it answered another 5xx
+    TIMEOUT = "timeout"  # no first byte, or a gap between chunks, within its bound
+    BROKEN = "broken"  # the connection broke while it answered
+
+
+class Rejection(enum.StrEnum):
+    """Why a request was refused before any worker was involved."""
+
+    INVALID_REQUEST = "invalid_request"
+    INVALID_API_KEY = "invalid_api_key"
+    MODEL_NOT_FOUND = "model_not_found"
+    REQUEST_TIMEOUT = "request_timeout"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+
+
+class QueueRejection(enum.StrEnum):
+    FULL = "full"
+    TIMEOUT = "timeout"
+
+
+class RegistryOp(enum.StrEnum):
+    """The `op` label of router_registry_errors_total."""
+
+    READ = "read"
+    EVENTS = "events"
+    DECODE = "decode"
+
+
+class WorkerGauges(Protocol):
+    """What the view-derived gauges read of one worker (router.upstream.Upstream)."""
+
+    @property
+    def record(self) -> WorkerRecord: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+
+class ViewGauges(Protocol):
+    """What the view-derived gauges read of the registry view (router.view.RegistryView)."""
+
+    @property
+    def upstreams(self) -> Mapping[str, WorkerGauges]: ...
+
+    def registry_age_s(self) -> float | None: ...
 
 
 class ChatSeries:
@@ -71,19 +143,17 @@ class ChatSeries:
         self.first_byte = metrics.time_to_first_byte.labels(model, flag)
         self.chunk_gap = metrics.inter_chunk_gap.labels(model)
         self.retries = metrics.upstream_retries.labels(model)
+        route = Route.CHAT_COMPLETIONS
+        # Keyed by status // 100, and CANCELLED for a client that hung up.
         self._by_status: dict[int, Any] = {
-            code: metrics.requests.labels("chat_completions", model, label)
-            for code, label in _STATUS_CLASSES.items()
+            hundreds: metrics.requests.labels(route, model, status_class(hundreds * 100))
+            for hundreds in range(1, 6)
         }
-        self._by_status[CANCELLED] = metrics.requests.labels("chat_completions", model, "cancelled")
+        self._by_status[CANCELLED] = metrics.requests.labels(route, model, StatusClass.CANCELLED)
 
     def finish(self, status: int, duration_s: float) -> None:
         self._by_status[status // 100 if status else CANCELLED].inc()
         self.duration.observe(duration_s)
-
-
-def status_class(status: int) -> str:
-    return _STATUS_CLASSES.get(status // 100, "cancelled") if status else "cancelled"
 
 
 class RouterMetrics:
@@ -193,7 +263,7 @@ class RouterMetrics:
             series = self._series[(model, stream)] = ChatSeries(self, model, stream)
         return series
 
-    def watch_view(self, view: RegistryView) -> None:
+    def watch_view(self, view: ViewGauges) -> None:
         """Export the view-derived gauges (registry size, staleness, in-flight per worker)."""
         self._view_collector = _ViewCollector(view)
         self.registry.register(self._view_collector)
@@ -208,7 +278,7 @@ class RouterMetrics:
 
 
 class _ViewCollector(Collector):
-    def __init__(self, view: RegistryView) -> None:
+    def __init__(self, view: ViewGauges) -> None:
         self._view = view
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

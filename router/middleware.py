@@ -1,27 +1,27 @@
-"""The app's one middleware: a request id on every response, and every error OpenAI-shaped."""
+"""The app's one middleware: a request id on every response, and every error OpenAI-shaped.
+
+ApiError renders itself (contract.errors); aiohttp's own refusals (no route, wrong method, body
+too large) are mapped by `contract.errors.for_http_status`, so router and workers word them
+alike; anything else is a bug: logged with its traceback, answered 500 without one.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Final
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from contract.errors import ApiError, for_http_status, internal_error_body
 from router.appkeys import REQUEST_ID
+from router.exchange import REQUEST_ID_HEADER
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "X-Request-Id"
-MAX_REQUEST_ID_CHARS = 128
-JSON = "application/json"
-
-
-def error_response(error: ApiError) -> web.Response:
-    return web.Response(
-        status=error.status, body=error.body(), content_type=JSON, headers=error.headers()
-    )
+MAX_REQUEST_ID_CHARS: Final = 128
+JSON: Final = "application/json"
 
 
 @web.middleware
@@ -33,7 +33,9 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     try:
         response = await handler(request)
     except ApiError as exc:
-        response = error_response(exc)
+        response = web.Response(
+            status=exc.status, body=exc.body(), content_type=JSON, headers=exc.headers()
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             exc.headers[REQUEST_ID_HEADER] = request_id
@@ -56,11 +58,10 @@ def _sane(request_id: str) -> bool:
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
-    """aiohttp's own refusals (no route, wrong method, body too large) in OpenAI's shape."""
+    """aiohttp's refusal in OpenAI's shape, with aiohttp's own status (and Allow, for a 405)."""
     error = for_http_status(exc.status, request.method, request.path, exc.reason)
-    if error is None:
-        return web.Response(status=exc.status, body=internal_error_body(), content_type=JSON)
-    response = web.Response(status=exc.status, body=error.body(), content_type=JSON)
+    body = internal_error_body() if error is None else error.body()
+    response = web.Response(status=exc.status, body=body, content_type=JSON)
     allow = exc.headers.get(hdrs.ALLOW)
     if allow is not None:
         response.headers[hdrs.ALLOW] = allow

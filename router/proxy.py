@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
-from collections.abc import Mapping
 from typing import Final
 
 import orjson
@@ -50,14 +48,15 @@ from contract.errors import ServiceUnavailable, UpstreamFailed, UpstreamTimeout
 from contract.sse import (
     EVENT_STREAM,
     FRAME_END,
-    USAGE_TRAILER_HEADER,
     USAGE_TRAILER_PREFIX,
     error_event,
     trailer_total_tokens,
 )
+from contract.sse import HEADERS as SSE_HEADERS
 from router.admission import Admission, Grant
 from router.config import RouterConfig
-from router.metrics import ChatSeries, RouterMetrics
+from router.exchange import REQUEST_ID_HEADER, Exchange, TokenMeter
+from router.metrics import CancelPhase, RouterMetrics, UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +79,6 @@ _DROPPED_HEADERS: Final = frozenset(
     }
 )
 BUSY_RETRY_AFTER_S: Final = 1.0
-NO_WORKER_RETRY_AFTER_S: Final = 1.0
-
-
-class _Miss(enum.Enum):
-    """Why an attempt ended before the first byte, leaving the request free to go elsewhere."""
-
-    BUSY = "busy"  # the worker answered 503: full or draining
-    FAILED = "failed"  # no connection, it broke before any answer, or another 5xx
 
 
 def create_session(connect_timeout_s: float) -> ClientSession:
@@ -107,15 +98,6 @@ def create_session(connect_timeout_s: float) -> ClientSession:
         auto_decompress=False,
         trust_env=False,
     )
-
-
-class TokenMeter:
-    """Where the relay leaves a response's total tokens, for keys limited by tokens per minute."""
-
-    __slots__ = ("total_tokens",)
-
-    def __init__(self) -> None:
-        self.total_tokens = 0
 
 
 def _take_usage(frames: bytes, meter: TokenMeter) -> bytes:
@@ -140,6 +122,9 @@ def _body_usage(body: bytes, meter: TokenMeter) -> None:
 
 
 class Relay:
+    """Sends each chat completion to a worker that admission grants, relays the answer as it
+    comes, and fails over to another worker only before the first byte (see above)."""
+
     def __init__(
         self,
         session: ClientSession,
@@ -155,60 +140,29 @@ class Relay:
         self._gap_s = config.read_timeout_s
         self._queue_timeout_s = config.queue_timeout_s
 
-    @property
-    def admission(self) -> Admission:
-        return self._admission
-
-    async def forward(
-        self,
-        request: web.Request,
-        body: bytes,
-        content_type: str,
-        request_id: str,
-        model: str,
-        series: ChatSeries,
-        arrived: float,
-        response_headers: Mapping[str, str] | None = None,
-        meter: TokenMeter | None = None,
-    ) -> web.StreamResponse:
-        """Send `body` to a worker of `model` with room, failing over before the first byte.
-
-        `response_headers` are added to the client's response (rate-limit headers); a `meter`
-        asks the worker for its usage and receives the response's total tokens.
-        """
-        headers = {hdrs.CONTENT_TYPE: content_type, "X-Request-Id": request_id}
-        if meter is not None:
-            headers[USAGE_TRAILER_HEADER] = "1"
-        extra = response_headers or {}
+    async def forward(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        """The worker's answer to `exchange`, from the first worker with room that gives one."""
         deadline = asyncio.get_running_loop().time() + self._queue_timeout_s
         tried: list[str] = []
         busy = False
         for _ in range(self._max_attempts):
             queued_at = time.perf_counter()
-            grant = await self._admission.acquire(model, tried, deadline, retry=bool(tried))
+            grant = await self._admission.acquire(exchange.model, tried, deadline)
             if grant is None:
                 break  # every worker of the model has been tried
             if tried:
-                series.retries.inc()
+                exchange.series.retries.inc()
             else:
-                now = time.perf_counter()
-                self._metrics.queue_wait.observe(now - queued_at)
-                self._metrics.overhead.observe(queued_at - arrived)
+                self._metrics.queue_wait.observe(time.perf_counter() - queued_at)
+                self._metrics.overhead.observe(queued_at - exchange.arrived)
             tried.append(grant.upstream.worker_id)
             try:
-                outcome = await self._attempt(
-                    request, grant, body, headers, request_id, series, arrived, extra, meter
-                )
+                outcome = await self._attempt(request, exchange, grant)
             finally:
                 self._admission.release(grant)
-            if not isinstance(outcome, _Miss):
+            if not isinstance(outcome, UpstreamError):
                 return outcome
-            busy = busy or outcome is _Miss.BUSY
-        if not tried:
-            raise ServiceUnavailable(
-                f"No worker is serving model `{model}` right now; retry shortly.",
-                retry_after_s=NO_WORKER_RETRY_AFTER_S,
-            )
+            busy = busy or outcome is UpstreamError.BUSY
         if busy:
             raise ServiceUnavailable(
                 "Every worker for this model is at capacity; retry shortly.",
@@ -217,33 +171,25 @@ class Relay:
         raise UpstreamFailed("No worker for this model could serve the request.")
 
     async def _attempt(
-        self,
-        request: web.Request,
-        grant: Grant,
-        body: bytes,
-        headers: dict[str, str],
-        request_id: str,
-        series: ChatSeries,
-        arrived: float,
-        extra: Mapping[str, str],
-        meter: TokenMeter | None,
-    ) -> web.StreamResponse | _Miss:
-        """One worker: its answer relayed, or why it gave none (free to go elsewhere)."""
-        upstream = grant.upstream
-        worker = upstream.worker_id
+        self, request: web.Request, exchange: Exchange, grant: Grant
+    ) -> web.StreamResponse | UpstreamError:
+        """One worker: its answer relayed, or how it gave none (the request may go elsewhere)."""
+        worker = grant.upstream.worker_id
         response: ClientResponse | None = None
         try:
             async with asyncio.timeout(self._first_token_s):
                 try:
                     response = await self._session.post(
-                        upstream.chat_url, data=body, headers=headers
+                        grant.upstream.chat_url,
+                        data=exchange.body,
+                        headers=exchange.upstream_headers,
                     )
                 except ClientConnectionError as exc:  # refused, reset, connect timeout
                     # One line per failure; the breaker soon keeps requests off it.
                     logger.warning("worker %s unreachable (%r); trying another", worker, exc)
-                    return self._failed(grant, "connect")
+                    return self._refused(grant, UpstreamError.CONNECT)
                 if response.status >= 500:
-                    return self._refused(grant, response)
+                    return self._status(grant, response)
                 stream = response.content_type == EVENT_STREAM
                 first = await (response.content.readany() if stream else response.read())
             if stream and not first:
@@ -251,76 +197,64 @@ class Relay:
         except TimeoutError:
             if response is not None:
                 response.close()
-            self._failed(grant, "timeout")
+            self._admission.refused(grant, UpstreamError.TIMEOUT)
             logger.warning("worker %s sent nothing in %ss", worker, self._first_token_s)
             raise UpstreamTimeout("The worker did not answer in time.") from None
         except (ClientPayloadError, ClientConnectionError) as exc:
             if response is not None:
                 response.close()
             logger.warning("worker %s failed before answering (%r); trying another", worker, exc)
-            return self._failed(grant, "broken")
+            return self._refused(grant, UpstreamError.BROKEN)
         except asyncio.CancelledError:
             if response is not None:
                 response.close()  # the worker sees the connection drop and stops generating
-            self._metrics.cancellations.labels("waiting").inc()
+            self._metrics.cancellations.labels(CancelPhase.WAITING).inc()
             raise
         self._admission.succeeded(grant)
-        series.first_byte.observe(time.perf_counter() - arrived)
+        exchange.series.first_byte.observe(time.perf_counter() - exchange.arrived)
         if not stream:
             response.release()
-            return _plain(response, first, extra, meter)
+            return _plain(response, first, exchange)
         try:
-            return await self._relay_stream(
-                request, grant, response, first, request_id, series, extra, meter
-            )
+            return await self._relay_stream(request, exchange, grant, response, first)
         except BaseException:
             # Not release(): the worker must see its connection drop and stop generating.
             response.close()
             raise
 
-    def _failed(self, grant: Grant, kind: str) -> _Miss:
-        self._metrics.upstream_errors.labels(grant.upstream.worker_id, kind).inc()
-        grant.upstream.refused()  # tried last until its next load report
-        self._admission.failed(grant)
-        return _Miss.FAILED
+    def _refused(self, grant: Grant, kind: UpstreamError) -> UpstreamError:
+        self._admission.refused(grant, kind)
+        return kind
 
-    def _refused(self, grant: Grant, response: ClientResponse) -> _Miss:
+    def _status(self, grant: Grant, response: ClientResponse) -> UpstreamError:
         """A 5xx before any byte: 503 is a full or draining worker, anything else a fault."""
         status = response.status
         response.release()
-        upstream = grant.upstream
         if status == 503:
-            upstream.refused()  # tried last until its next load report
-            self._metrics.upstream_errors.labels(upstream.worker_id, "busy").inc()
-            return _Miss.BUSY
-        logger.warning("worker %s answered %d; trying another", upstream.worker_id, status)
-        return self._failed(grant, "status")
+            return self._refused(grant, UpstreamError.BUSY)
+        logger.warning("worker %s answered %d; trying another", grant.upstream.worker_id, status)
+        return self._refused(grant, UpstreamError.STATUS)
 
     async def _relay_stream(
         self,
         request: web.Request,
+        exchange: Exchange,
         grant: Grant,
         response: ClientResponse,
         first: bytes,
-        request_id: str,
-        series: ChatSeries,
-        extra: Mapping[str, str],
-        meter: TokenMeter | None,
     ) -> web.StreamResponse:
         out = web.StreamResponse(
             status=response.status,
             headers={
-                hdrs.CONTENT_TYPE: EVENT_STREAM,
-                hdrs.CACHE_CONTROL: "no-cache",
-                "X-Accel-Buffering": "no",
-                "X-Request-Id": request_id,
-                **extra,
+                **SSE_HEADERS,
+                REQUEST_ID_HEADER: exchange.request_id,
+                **exchange.rate_headers,
             },
         )
         try:
             async with asyncio.timeout(self._gap_s):
                 await out.prepare(request)
-            tail = await self._pump(grant, response, out, first, series, meter)
+            tail = await self._pump(exchange, grant, response, out, first)
             if tail is None:
                 self._cut_off(request, response)
                 return out
@@ -329,12 +263,12 @@ class Relay:
                     await out.write(tail)
                 await out.write_eof()
         except asyncio.CancelledError:
-            self._metrics.cancellations.labels("streaming").inc()
+            self._metrics.cancellations.labels(CancelPhase.STREAMING).inc()
             raise
         except ConnectionResetError:
             # The client left before aiohttp noticed and cancelled us: same outcome, and the
             # prepared response goes back to aiohttp, which knows the connection is gone.
-            self._metrics.cancellations.labels("streaming").inc()
+            self._metrics.cancellations.labels(CancelPhase.STREAMING).inc()
             response.close()
             return out
         except TimeoutError:
@@ -346,25 +280,25 @@ class Relay:
     def _cut_off(self, request: web.Request, response: ClientResponse) -> None:
         """The client stopped reading: drop both connections rather than wait on it."""
         logger.warning("client stopped reading a stream for %ss; cut off", self._gap_s)
-        self._metrics.cancellations.labels("stalled").inc()
+        self._metrics.cancellations.labels(CancelPhase.STALLED).inc()
         response.close()
         if request.transport is not None:
             request.transport.abort()
 
     async def _pump(
         self,
+        exchange: Exchange,
         grant: Grant,
         response: ClientResponse,
         out: web.StreamResponse,
         first: bytes,
-        series: ChatSeries,
-        meter: TokenMeter | None,
     ) -> bytes | None:
         """Relay whole frames as they arrive; what is left to write, or None if the client
         stopped reading. Every wait, on the worker or on the client, is bounded by the gap."""
         loop = asyncio.get_running_loop()
         gap_s = self._gap_s
-        gap = series.chunk_gap
+        gap = exchange.series.chunk_gap
+        meter = exchange.meter
         pending = b""
         chunk = first
         last = time.perf_counter()
@@ -397,30 +331,25 @@ class Relay:
         except TimeoutError:
             if writing:
                 return None
-            worker = grant.upstream.worker_id
-            self._metrics.upstream_errors.labels(worker, "timeout").inc()
-            self._admission.failed(grant)
-            logger.warning("worker %s went silent mid-stream", worker)
+            self._admission.failed(grant, UpstreamError.TIMEOUT)
+            logger.warning("worker %s went silent mid-stream", grant.upstream.worker_id)
             return error_event(UpstreamTimeout("The worker stopped sending in time."))
         except ConnectionResetError:
             raise  # the client's side, handled by the caller
         except (ClientPayloadError, ClientConnectionError):
             if writing:
                 raise ConnectionResetError from None
-            worker = grant.upstream.worker_id
-            self._metrics.upstream_errors.labels(worker, "broken").inc()
-            self._admission.failed(grant)
-            logger.warning("worker %s failed mid-stream", worker)
+            self._admission.failed(grant, UpstreamError.BROKEN)
+            logger.warning("worker %s failed mid-stream", grant.upstream.worker_id)
             return error_event(UpstreamFailed("The worker failed mid-stream."))
 
 
-def _plain(
-    response: ClientResponse, body: bytes, extra: Mapping[str, str], meter: TokenMeter | None
-) -> web.Response:
+def _plain(response: ClientResponse, body: bytes, exchange: Exchange) -> web.Response:
     headers = CIMultiDict(
         (k, v) for k, v in response.headers.items() if k.lower() not in _DROPPED_HEADERS
     )
-    headers.update(extra)
+    headers.update(exchange.rate_headers)
+    meter = exchange.meter
     if meter is not None and response.status == 200:
         _body_usage(body, meter)
     return web.Response(body=body, status=response.status, headers=headers)

@@ -79,6 +79,6 @@ def test_late_failures_while_open_change_nothing() -> None:
 
 def test_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="failures"):
-        BreakerSettings(failures=0)
+        BreakerSettings(failures=0, open_s=1.0)
     with pytest.raises(ValueError, match="open_s"):
-        BreakerSettings(open_s=0)
+        BreakerSettings(failures=2, open_s=0)

@@ -1,4 +1,4 @@
-"""This replica's live view of the worker registry, and the watcher that keeps it fresh.
+"""This replica's live view of the worker registry: which workers serve which model, and how loaded.
 
 The view is loaded with one full read, then kept current by the registry's pub/sub events (each
 carries the whole record, so applying one needs no round trip) and a periodic full re-read that
@@ -17,65 +17,34 @@ heartbeat: live workers re-register well within that (their heartbeat retries ev
 dead ones are aged out after it (meanwhile the breaker keeps requests off them).
 
 Listeners (`add_listener`) hear of every change that can free capacity: membership, a state,
-or a worker's slots; router.admission wakes its queue on them.
+or a worker's slots; router.admission wakes its queue on them. router.watcher feeds the view.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from yarl import URL
-
-from contract.registry import (
-    EVENTS_CHANNEL,
-    Event,
-    EventType,
-    Snapshot,
-    WorkerRecord,
-    WorkerState,
-    read_snapshot,
-)
-from router.balancer import WorkerLoad
-from router.breaker import Breaker
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-    from router.metrics import RouterMetrics
+from contract.errors import ApiError, ModelNotFound, ServiceUnavailable
+from contract.registry import Event, EventType, Snapshot, WorkerRecord, WorkerState
+from router.upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Listener = Callable[[], None]
-CHAT_PATH = "/v1/chat/completions"
-REDIS_BACKOFF_CAP_S: Final = 2.0  # longest pause between two tries to reach a failing Redis
 RECOVERY_GRACE: Final = 2.0  # stale times a recovered Redis gets to list every live worker again
-
-
-def chat_url(base_url: str) -> URL:
-    return URL(base_url.rstrip("/") + CHAT_PATH)
-
-
-class Upstream(WorkerLoad):
-    """One worker as this replica sees it: its latest record and local load counters."""
-
-    __slots__ = ("breaker", "chat_url", "record", "seen_at")
-
-    def __init__(self, record: WorkerRecord, seen_at: float) -> None:
-        super().__init__(record.worker_id, record.queue_depth, record.slots)
-        self.record = record
-        self.seen_at = seen_at  # our clock, when we last saw its heartbeat advance
-        self.chat_url = chat_url(record.url)  # parsed once, not per request
-        self.breaker = Breaker()
+NO_WORKER_RETRY_AFTER_S: Final = 1.0
 
 
 class RegistryView:
+    """The workers this replica knows, indexed for requests: `ready` maps a model to its READY
+    upstreams, `models` every model ever served. Written only by the watcher's events and full
+    reads (and aged by `expire`); requests read it without awaiting anything."""
+
     def __init__(self, stale_s: float, clock: Clock = time.monotonic) -> None:
         self.stale_s = stale_s
         self._clock = clock
@@ -118,6 +87,21 @@ class RegistryView:
 
     def candidates(self, model: str) -> tuple[Upstream, ...]:
         return self.ready.get(model, ())
+
+    def no_worker(self, model: str) -> ApiError:
+        """What a request for `model` gets when no worker of it can be tried."""
+        if model in self.models:
+            return ServiceUnavailable(
+                f"No worker is serving model `{model}` right now; retry shortly.",
+                retry_after_s=NO_WORKER_RETRY_AFTER_S,
+            )
+        if self.loaded_at is None:
+            # Before the first registry read every model looks unknown; do not call it missing.
+            return ServiceUnavailable(
+                "The router has not loaded the worker registry yet; retry shortly.",
+                retry_after_s=NO_WORKER_RETRY_AFTER_S,
+            )
+        return ModelNotFound(model)
 
     def registry_age_s(self) -> float | None:
         """Seconds since the last successful full read; None before the first."""
@@ -183,20 +167,12 @@ class RegistryView:
             return
         if advanced or seen:
             upstream.seen_at = now
-        if advanced:
-            upstream.report(record.queue_depth)
         old = upstream.record
-        upstream.record = record
-        if record.url != old.url:
-            upstream.chat_url = chat_url(record.url)
-        restarted = record.url != old.url or record.started_ms != old.started_ms
-        if restarted:
-            upstream.breaker = Breaker()  # another process now: judge it afresh
-        upstream.slots = max(1, record.slots)
+        upstream.update(record, reported=advanced)
         if record.state != old.state or record.model != old.model or record.url != old.url:
             self.models.setdefault(record.model, record.started_ms // 1000)
             self._rebuild()
-        elif restarted or record.slots != old.slots:
+        elif record.started_ms != old.started_ms or record.slots != old.slots:
             self._notify()  # room may have appeared
 
     def _drop(self, worker_id: str) -> None:
@@ -218,161 +194,3 @@ class RegistryView:
                 listener()
             except Exception:
                 logger.exception("registry: a view listener failed")
-
-
-def _honour_cancellation() -> None:
-    """Raise if this task was cancelled while a Redis call swallowed the CancelledError.
-
-    redis-py 8.1 sometimes finishes a command normally when cancelled mid-command (seen in
-    tests), leaving the task marked as cancelling; a loop must then stop by itself.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-class Backoff:
-    """Exponential delays for retrying a failing loop: 0.1 s doubling up to a cap."""
-
-    def __init__(self, first_s: float = 0.1, cap_s: float = 5.0) -> None:
-        self._first_s = first_s
-        self._cap_s = cap_s
-        self._next_s = first_s
-
-    def next(self) -> float:
-        delay = self._next_s
-        self._next_s = min(self._cap_s, delay * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._next_s = self._first_s
-
-
-class RegistryWatcher:
-    """Three background loops over one view: events, periodic full reads, and ageing."""
-
-    def __init__(
-        self,
-        redis: Redis[bytes],
-        view: RegistryView,
-        metrics: RouterMetrics,
-        *,
-        refresh_s: float,
-        read_timeout_s: float = 5.0,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        self._redis = redis
-        self._view = view
-        self._metrics = metrics
-        self._refresh_s = refresh_s
-        self._read_timeout_s = read_timeout_s
-        self._clock = clock
-        self._refresh_now = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        """Load the first view (best effort: Redis may come later), then start the loops."""
-        if not await self.refresh():
-            logger.warning("registry: first read failed; serving an empty view until Redis answers")
-        _honour_cancellation()
-        self._tasks = [
-            asyncio.create_task(self._events_loop(), name="registry-events"),
-            asyncio.create_task(self._refresh_loop(), name="registry-refresh"),
-            asyncio.create_task(self._expire_loop(), name="registry-expire"),
-        ]
-
-    async def close(self) -> None:
-        pending = set(self._tasks)
-        while pending:
-            # Cancelled again if still running: see _honour_cancellation.
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=1.0)
-        self._tasks = []
-
-    async def refresh(self) -> bool:
-        """One full read merged into the view; False (logged, counted) if it failed."""
-        started = self._clock()
-        try:
-            async with asyncio.timeout(self._read_timeout_s):
-                snapshot = await read_snapshot(self._redis)
-        except Exception:
-            logger.warning("registry: full read failed", exc_info=True)
-            self._metrics.registry_errors.labels("read").inc()
-            self._view.contact_lost()
-            return False
-        self._view.apply_snapshot(snapshot, started)
-        return True
-
-    async def _refresh_loop(self) -> None:
-        backoff = Backoff(cap_s=max(REDIS_BACKOFF_CAP_S, self._refresh_s))
-        delay = self._refresh_s  # start() has just read
-        failing = False
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._refresh_now.wait()
-            self._refresh_now.clear()
-            if await self.refresh():
-                if failing:
-                    logger.info("registry: full reads succeed again")
-                failing = False
-                backoff.reset()
-                delay = self._refresh_s
-            else:
-                failing = True
-                delay = backoff.next()
-            _honour_cancellation()
-
-    async def _events_loop(self) -> None:
-        backoff = Backoff(cap_s=REDIS_BACKOFF_CAP_S)
-        while True:
-            try:
-                await self._follow_events(backoff)
-            except Exception:
-                _honour_cancellation()
-                self._view.contact_lost()
-                delay = backoff.next()
-                logger.warning(
-                    "registry: event subscription lost; resubscribing in %.1fs",
-                    delay,
-                    exc_info=True,
-                )
-                self._metrics.registry_errors.labels("events").inc()
-                await asyncio.sleep(delay)
-
-    async def _follow_events(self, backoff: Backoff) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(EVENTS_CHANNEL)
-            # Subscribed first, read second: no event can fall between the two.
-            self._refresh_now.set()
-            backoff.reset()
-            _honour_cancellation()
-            async for message in pubsub.listen():
-                _honour_cancellation()
-                if message.get("type") == "message":
-                    self._apply(message["data"])
-        finally:
-            await pubsub.aclose()  # type: ignore[attr-defined]  # types-redis predates it
-
-    def _apply(self, data: bytes | str) -> None:
-        try:
-            event = Event.decode(data)
-        except (ValueError, KeyError, TypeError):
-            logger.warning("registry: ignored a malformed event", exc_info=True)
-            self._metrics.registry_errors.labels("decode").inc()
-            return
-        self._view.apply_event(event)
-        if event.type is not EventType.LOAD:
-            logger.info("registry: worker %s %s", event.worker_id, event.type.value)
-
-    async def _expire_loop(self) -> None:
-        tick_s = min(0.1, self._view.stale_s / 10)
-        while True:
-            await asyncio.sleep(tick_s)
-            try:
-                for worker_id in self._view.expire():
-                    logger.warning("registry: worker %s went silent; dropped", worker_id)
-            except Exception:
-                logger.exception("registry: ageing sweep failed")

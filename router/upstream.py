@@ -1,0 +1,103 @@
+"""One worker as this replica sees it: its record, its load counters and its circuit breaker.
+
+Pure: imports neither aiohttp nor redis. Two owners write an `Upstream`, each through its own
+methods: the registry view (router.view) applies each newer record of the worker (`update`), and
+router.admission alone changes load and breaker state as requests begin, end and fail (`begin`,
+`end`, `refused`, `breaker`). The balancing policies (router.balancer) read `load` only.
+
+A worker's load, as this replica estimates it, is what the worker last reported (running +
+waiting) plus the requests this replica started since that report, minus those it finished since
+(a request that was already counted in the report and then finished lowers the load too). Each
+report resets the deltas, so estimation errors last at most one heartbeat. A worker that just
+refused a request (no connection, or full) counts as loaded by FAILED_PENALTY until its next
+report, so it is tried last rather than first again. `in_flight` is the plain count of this
+replica's open requests to the worker: admission sends it no more than its `slots` at once.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from yarl import URL
+
+from contract.registry import WorkerRecord
+from router.breaker import Breaker
+
+FAILED_PENALTY: Final = 1_000_000
+CHAT_PATH: Final = "/v1/chat/completions"
+
+
+def chat_url(base_url: str) -> URL:
+    return URL(base_url.rstrip("/") + CHAT_PATH)
+
+
+class Upstream:
+    """One worker's latest record, this replica's load counters to it, and its breaker."""
+
+    __slots__ = (
+        "_finished",
+        "_penalty",
+        "_reported",
+        "_started",
+        "breaker",
+        "chat_url",
+        "in_flight",
+        "record",
+        "seen_at",
+        "slots",
+        "worker_id",
+    )
+
+    def __init__(self, record: WorkerRecord, seen_at: float) -> None:
+        self.worker_id = record.worker_id
+        self.record = record
+        self.seen_at = seen_at  # the view's clock, when it last saw the heartbeat advance
+        self.chat_url = chat_url(record.url)  # parsed once, not per request
+        self.breaker = Breaker()
+        self.slots = max(1, record.slots)
+        self._reported = max(0, record.queue_depth)
+        self._started = 0
+        self._finished = 0
+        self._penalty = 0
+        self.in_flight = 0
+
+    @property
+    def has_room(self) -> bool:
+        return self.in_flight < self.slots
+
+    @property
+    def load(self) -> int:
+        return max(0, self._reported + self._started - self._finished) + self._penalty
+
+    # -- the view's side ---------------------------------------------------------------------
+
+    def update(self, record: WorkerRecord, *, reported: bool) -> None:
+        """A newer record of this worker; `reported`: its heartbeat advanced, so its load report
+        replaces this replica's estimate."""
+        old = self.record
+        self.record = record
+        self.slots = max(1, record.slots)
+        if record.url != old.url:
+            self.chat_url = chat_url(record.url)
+        if record.url != old.url or record.started_ms != old.started_ms:
+            self.breaker = Breaker()  # another process now: judge it afresh
+        if reported:
+            self._reported = max(0, record.queue_depth)
+            self._started = 0
+            self._finished = 0
+            self._penalty = 0
+
+    # -- admission's side --------------------------------------------------------------------
+
+    def begin(self) -> None:
+        self._started += 1
+        self.in_flight += 1
+
+    def end(self) -> None:
+        self._finished += 1
+        if self.in_flight > 0:
+            self.in_flight -= 1
+
+    def refused(self) -> None:
+        """It could not take a request; prefer every other worker until it reports again."""
+        self._penalty = FAILED_PENALTY

@@ -1,0 +1,99 @@
+"""One worker's load counters and record updates: counters that never drift, room by slots."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from router.breaker import BreakerSettings
+from router.upstream import FAILED_PENALTY, Upstream
+
+from .fakes import make_record
+
+URL = "http://127.0.0.1:1"
+
+
+def upstream(reported: int = 0, slots: int = 4) -> Upstream:
+    return Upstream(make_record("w", URL, running=reported, slots=slots), seen_at=0.0)
+
+
+def report(worker: Upstream, queue_depth: int) -> None:
+    """A fresh heartbeat, as the view applies it."""
+    record = worker.record
+    worker.update(
+        replace(record, running=queue_depth, waiting=0, heartbeat_ms=record.heartbeat_ms + 1),
+        reported=True,
+    )
+
+
+def test_local_starts_count_until_the_next_report() -> None:
+    worker = upstream(1)
+    worker.begin()
+    worker.begin()
+    assert worker.load == 3
+    report(worker, 0)  # a fresh heartbeat replaces the local estimate
+    assert worker.load == 0
+    assert worker.in_flight == 2  # the true local count is unaffected
+
+
+def test_finishing_a_reported_request_lowers_the_load() -> None:
+    worker = upstream(3)
+    worker.end()  # started before the report, finished after it
+    assert worker.load == 2
+
+
+def test_counters_never_go_negative() -> None:
+    worker = upstream(0)
+    worker.end()
+    worker.end()
+    assert worker.in_flight == 0
+    assert worker.load == 0
+    worker.begin()
+    assert worker.in_flight == 1
+    assert worker.load == 0  # one start against two finishes still clamps at zero
+    report(worker, -1)
+    assert worker.load == 0
+    worker.end()
+    worker.end()
+    assert worker.in_flight == 0
+
+
+def test_a_refusing_worker_is_loaded_until_it_reports() -> None:
+    worker = upstream(0)
+    worker.refused()
+    assert worker.load == FAILED_PENALTY
+    report(worker, 2)
+    assert worker.load == 2
+
+
+def test_a_record_without_a_new_heartbeat_keeps_the_estimate() -> None:
+    worker = upstream(1)
+    worker.begin()
+    worker.update(replace(worker.record, running=7), reported=False)
+    assert worker.load == 2
+
+
+def test_room_is_this_replicas_in_flight_below_the_slots() -> None:
+    worker = upstream(reported=10, slots=2)
+    assert worker.has_room  # others' load counts in the choice, not in admission
+    worker.begin()
+    assert worker.has_room
+    worker.begin()
+    assert not worker.has_room
+    worker.end()
+    assert worker.has_room
+    assert upstream(slots=0).slots == 1
+    worker.update(replace(worker.record, slots=1), reported=False)
+    assert not worker.has_room
+
+
+def test_a_restarted_worker_gets_a_fresh_breaker_and_url() -> None:
+    worker = upstream()
+    settings = BreakerSettings(failures=1, open_s=1.0)
+    assert worker.breaker.failed(0.0, False, settings) == 1.0
+    aside = worker.breaker
+    report(worker, 0)
+    assert worker.breaker is aside  # the same process: still aside
+    worker.update(replace(worker.record, started_ms=worker.record.started_ms + 1), reported=True)
+    assert worker.breaker is not aside and worker.breaker.allows(0.0)
+    worker.update(replace(worker.record, url="http://127.0.0.1:2/"), reported=False)
+    assert str(worker.chat_url) == "http://127.0.0.1:2/v1/chat/completions"
