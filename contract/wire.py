@@ -27,18 +27,25 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
-class ChatRequest:
-    model: str
-    messages: tuple[Message, ...]
-    stream: bool = False
-    include_usage: bool = False
-    max_tokens: int | None = None
+class SamplingParams:
+    """How to generate: what an engine takes besides the messages."""
+
+    max_tokens: int | None = None  # None: until end of generation or the context is full
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: tuple[Message, ...]
+    stream: bool = False
+    include_usage: bool = False
+    sampling: SamplingParams = SamplingParams()
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -98,13 +105,15 @@ def chat_request_from_dict(data: dict[str, Any]) -> ChatRequest:
         messages=_messages(data.get("messages")),
         stream=stream,
         include_usage=include_usage,
-        max_tokens=max_tokens,
-        temperature=1.0 if temperature is None else temperature,
-        top_p=1.0 if top_p is None else top_p,
-        stop=_stop(data.get("stop")),
-        seed=seed,
-        presence_penalty=presence or 0.0,
-        frequency_penalty=frequency or 0.0,
+        sampling=SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            stop=_stop(data.get("stop")),
+            seed=seed,
+            presence_penalty=presence or 0.0,
+            frequency_penalty=frequency or 0.0,
+        ),
     )
 
 

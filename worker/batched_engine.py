@@ -46,8 +46,8 @@ from typing import Any
 
 import llama_cpp
 
-from contract.wire import Message
-from worker.engine import EngineStopped, Finished, SamplingParams, check_prompt, relay
+from contract.wire import Message, SamplingParams
+from worker.engine import EngineStopped, Finished, check_prompt, relay
 from worker.llama_engine import ChatPrompt
 from worker.llama_native import MAX_SEQ, LoadedModel, new_context
 from worker.step_loop import Layout, Request, StepLoop

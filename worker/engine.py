@@ -31,32 +31,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from contract.wire import ChatRequest, Message
+from contract.wire import Message, SamplingParams
 
 FinishReason = Literal["stop", "length"]
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    max_tokens: int | None = None  # None: until end of generation or the context is full
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-
-    @classmethod
-    def from_request(cls, request: ChatRequest) -> SamplingParams:
-        return cls(
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            stop=request.stop,
-            seed=request.seed,
-            presence_penalty=request.presence_penalty,
-            frequency_penalty=request.frequency_penalty,
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,8 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
-from contract.wire import Message
-from worker.engine import Finished, FinishReason, SamplingParams, check_prompt
+from contract.wire import Message, SamplingParams
+from worker.engine import Finished, FinishReason, check_prompt
 from worker.stops import StopMatcher
 
 WORDS = ("The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog.")

@@ -29,14 +29,7 @@ from contract.errors import (
 from contract.wire import ChatRequest, model_object, parse_chat_request
 from worker import appkeys
 from worker.completions import ChunkWriter, completion, new_completion_id
-from worker.engine import (
-    EngineError,
-    EngineStopped,
-    Finished,
-    InvalidPrompt,
-    PromptTooLong,
-    SamplingParams,
-)
+from worker.engine import EngineError, EngineStopped, Finished, InvalidPrompt, PromptTooLong
 from worker.metrics import CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
@@ -129,7 +122,7 @@ async def _generate(request: web.Request, chat: ChatRequest) -> web.StreamRespon
     engine = request.app[appkeys.ENGINE]
     metrics = request.app[appkeys.METRICS]
     started = time.monotonic()
-    stream = engine.stream(chat.messages, SamplingParams.from_request(chat))
+    stream = engine.stream(chat.messages, chat.sampling)
     try:
         try:
             # Errors before the first output (context too long, engine failure) are clean

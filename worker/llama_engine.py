@@ -33,14 +33,13 @@ from contextlib import aclosing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from contract.wire import Message
+from contract.wire import Message, SamplingParams
 from worker.engine import (
     EngineStopped,
     Finished,
     FinishReason,
     InvalidPrompt,
     Item,
-    SamplingParams,
     check_prompt,
     completion_limit,
     relay,

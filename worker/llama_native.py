@@ -7,7 +7,7 @@ from typing import Any
 
 import llama_cpp
 
-from worker.engine import SamplingParams
+from contract.wire import SamplingParams
 
 MAX_SEQ = 256  # LLAMA_MAX_SEQ
 PENALTY_LAST_N = 64  # Llama's last_n_tokens_size, which LlamaEngine's penalties use

@@ -20,14 +20,8 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from worker.engine import (
-    EngineStopped,
-    Finished,
-    FinishReason,
-    Item,
-    SamplingParams,
-    completion_limit,
-)
+from contract.wire import SamplingParams
+from worker.engine import EngineStopped, Finished, FinishReason, Item, completion_limit
 from worker.llama_engine import ChatPrompt
 from worker.llama_native import LoadedModel, new_sampler, put_token
 from worker.stops import StopMatcher

@@ -16,6 +16,7 @@ from contract.wire import (
     SEED_LIMIT,
     ChatRequest,
     Message,
+    SamplingParams,
     chat_request_from_dict,
     model_object,
     parse_chat_request,
@@ -27,6 +28,10 @@ HELLO = [{"role": "user", "content": "hi"}]
 def chat(**fields: Any) -> dict[str, Any]:
     """A valid request, with `fields` replacing or adding keys."""
     return {"model": "m", "messages": HELLO} | fields
+
+
+def sampling_of(**fields: Any) -> SamplingParams:
+    return chat_request_from_dict(chat(**fields)).sampling
 
 
 def refusal(data: dict[str, Any]) -> InvalidRequest:
@@ -42,13 +47,15 @@ def test_a_minimal_request_gets_the_defaults() -> None:
         messages=(Message("user", "hi"),),
         stream=False,
         include_usage=False,
-        max_tokens=None,
-        temperature=1.0,
-        top_p=1.0,
-        stop=(),
-        seed=None,
-        presence_penalty=0.0,
-        frequency_penalty=0.0,
+        sampling=SamplingParams(
+            max_tokens=None,
+            temperature=1.0,
+            top_p=1.0,
+            stop=(),
+            seed=None,
+            presence_penalty=0.0,
+            frequency_penalty=0.0,
+        ),
     )
 
 
@@ -69,10 +76,14 @@ def test_every_field_is_carried_and_unknown_keys_are_ignored() -> None:
             user="someone",
         )
     )
-    assert (request.stream, request.include_usage, request.max_tokens) == (True, True, 7)
-    assert (request.temperature, request.top_p, request.seed) == (0.5, 0.25, -3)
-    assert (request.presence_penalty, request.frequency_penalty) == (1.5, -1.5)
-    assert request.stop == ("a", "b")
+    assert (request.stream, request.include_usage, request.sampling.max_tokens) == (True, True, 7)
+    assert (request.sampling.temperature, request.sampling.top_p, request.sampling.seed) == (
+        0.5,
+        0.25,
+        -3,
+    )
+    assert (request.sampling.presence_penalty, request.sampling.frequency_penalty) == (1.5, -1.5)
+    assert request.sampling.stop == ("a", "b")
 
 
 def test_missing_model_and_messages_are_refused_by_name() -> None:
@@ -188,26 +199,26 @@ def test_number_bounds_are_inclusive_and_ints_become_floats(
     field: str, low: int, high: int
 ) -> None:
     for value in (low, high):
-        parsed = getattr(chat_request_from_dict(chat(**{field: value})), field)
+        parsed = getattr(sampling_of(**{field: value}), field)
         assert parsed == value and isinstance(parsed, float)
 
 
 def test_integer_bounds_are_inclusive() -> None:
-    assert chat_request_from_dict(chat(max_tokens=1)).max_tokens == 1
-    assert chat_request_from_dict(chat(max_tokens=MAX_TOKENS_LIMIT)).max_tokens == MAX_TOKENS_LIMIT
-    assert chat_request_from_dict(chat(seed=-SEED_LIMIT)).seed == -SEED_LIMIT
-    assert chat_request_from_dict(chat(seed=SEED_LIMIT - 1)).seed == SEED_LIMIT - 1
+    assert sampling_of(max_tokens=1).max_tokens == 1
+    assert sampling_of(max_tokens=MAX_TOKENS_LIMIT).max_tokens == MAX_TOKENS_LIMIT
+    assert sampling_of(seed=-SEED_LIMIT).seed == -SEED_LIMIT
+    assert sampling_of(seed=SEED_LIMIT - 1).seed == SEED_LIMIT - 1
     assert chat_request_from_dict(chat(n=1)).model == "m"  # n is checked, not carried
-    assert chat_request_from_dict(chat(max_tokens=5.0)).max_tokens == 5  # a whole float counts
+    assert sampling_of(max_tokens=5.0).max_tokens == 5  # a whole float counts
 
 
 def test_max_completion_tokens_wins_over_max_tokens() -> None:
     both = chat_request_from_dict(chat(max_tokens=10, max_completion_tokens=20))
-    assert both.max_tokens == 20
-    assert chat_request_from_dict(chat(max_tokens=10)).max_tokens == 10
-    assert chat_request_from_dict(chat(max_completion_tokens=30)).max_tokens == 30
+    assert both.sampling.max_tokens == 20
+    assert chat_request_from_dict(chat(max_tokens=10)).sampling.max_tokens == 10
+    assert chat_request_from_dict(chat(max_completion_tokens=30)).sampling.max_tokens == 30
     neither = chat_request_from_dict(chat(max_tokens=None, max_completion_tokens=None))
-    assert neither.max_tokens is None
+    assert neither.sampling.max_tokens is None
 
 
 @pytest.mark.parametrize(
@@ -222,7 +233,7 @@ def test_max_completion_tokens_wins_over_max_tokens() -> None:
     ],
 )
 def test_stop_is_a_string_or_up_to_four(stop: Any, parsed: tuple[str, ...]) -> None:
-    assert chat_request_from_dict(chat(stop=stop)).stop == parsed
+    assert chat_request_from_dict(chat(stop=stop)).sampling.stop == parsed
 
 
 @pytest.mark.parametrize(
@@ -336,10 +347,15 @@ def test_any_json_object_parses_within_bounds_or_is_a_400(data: dict[str, Any]) 
         assert exc.status == 400 and exc.type == "invalid_request_error"
         return
     assert request.model and request.messages
-    assert 0 <= request.temperature <= 2 and 0 <= request.top_p <= 1
-    assert -2 <= request.presence_penalty <= 2 and -2 <= request.frequency_penalty <= 2
-    assert request.max_tokens is None or 1 <= request.max_tokens <= MAX_TOKENS_LIMIT
-    assert len(request.stop) <= 4 and all(request.stop)
+    assert 0 <= request.sampling.temperature <= 2 and 0 <= request.sampling.top_p <= 1
+    assert (
+        -2 <= request.sampling.presence_penalty <= 2
+        and -2 <= request.sampling.frequency_penalty <= 2
+    )
+    assert (
+        request.sampling.max_tokens is None or 1 <= request.sampling.max_tokens <= MAX_TOKENS_LIMIT
+    )
+    assert len(request.sampling.stop) <= 4 and all(request.sampling.stop)
     assert request.include_usage <= request.stream
 
 

@@ -12,11 +12,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from contract.wire import Message
+from contract.wire import Message, SamplingParams
 from tests.processes import RedisServer
 from worker.app import create_app
 from worker.config import WorkerConfig
-from worker.engine import Engine, Finished, SamplingParams
+from worker.engine import Engine, Finished
 from worker.fake_engine import FakeEngine
 
 MODEL = "fake-model"

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Sequence
 from redis.asyncio import Redis
 
 from contract.registry import read_snapshot
-from contract.wire import Message
+from contract.wire import Message, SamplingParams
 from worker import appkeys
 from worker.app import build_engine
-from worker.engine import Finished, SamplingParams
+from worker.engine import Finished
 from worker.fake_engine import FakeEngine
 
 from .conftest import StartWorker, fake_config

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
 
 import pytest
 
-from contract.wire import ChatRequest, Message
 from worker.engine import (
     EngineError,
     EngineStopped,
@@ -16,7 +14,6 @@ from worker.engine import (
     InvalidPrompt,
     Item,
     PromptTooLong,
-    SamplingParams,
     check_prompt,
     completion_limit,
     relay,
@@ -50,20 +47,6 @@ def test_the_completion_limit_is_the_room_left_shortened_by_max_tokens() -> None
     assert completion_limit(64, 60, None) == 4
     assert completion_limit(64, 60, 2) == 2
     assert completion_limit(64, 60, 100) == 4
-
-
-def test_sampling_params_come_from_the_request() -> None:
-    knobs: dict[str, Any] = {
-        "max_tokens": 5,
-        "temperature": 0.5,
-        "top_p": 0.9,
-        "stop": ("x",),
-        "seed": 3,
-        "presence_penalty": 0.1,
-        "frequency_penalty": 0.2,
-    }
-    request = ChatRequest(model="m", messages=(Message("user", "hi"),), stream=True, **knobs)
-    assert SamplingParams.from_request(request) == SamplingParams(**knobs)
 
 
 async def collect(out: asyncio.Queue[Item], cancel: threading.Event) -> list[str | Finished]:

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from contract.wire import Message
-from worker.engine import Finished, PromptTooLong, SamplingParams
+from contract.wire import Message, SamplingParams
+from worker.engine import Finished, PromptTooLong
 from worker.fake_engine import NATURAL_LENGTH, WORDS, FakeEngine, count_prompt_tokens
 
 HELLO = [Message("user", "Say something please")]  # 3 words + 4 = 7 prompt tokens

@@ -18,11 +18,11 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from contract.registry import WorkerState, read_snapshot, worker_key
-from contract.wire import Message
+from contract.wire import Message, SamplingParams
 from tests.processes import MODEL_ID, http_json, wait_until, worker_process
 from tests.waits import eventually
 from worker import appkeys
-from worker.engine import Finished, SamplingParams
+from worker.engine import Finished
 from worker.fake_engine import FakeEngine
 
 from .conftest import MODEL, RefusingEngine, StartWorker, WorkerClient

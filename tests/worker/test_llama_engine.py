@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from contract.wire import Message
+from contract.wire import Message, SamplingParams
 from worker.config import ConfigError, resolve_model_path
-from worker.engine import Finished, PromptTooLong, SamplingParams
+from worker.engine import Finished, PromptTooLong
 from worker.handlers import engine_api_error
 from worker.llama_engine import LlamaEngine
 

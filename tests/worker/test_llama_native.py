@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.engine import SamplingParams
+from contract.wire import SamplingParams
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
 pytestmark = pytest.mark.llama
