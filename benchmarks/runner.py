@@ -13,23 +13,20 @@ from the first send to the last byte of the last response.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import math
 import os
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import aiohttp
-
 from benchmarks.arrivals import arrival_offsets
-from benchmarks.client import Target, send
+from benchmarks.client import Target, record
+from benchmarks.loadgen import LoadGenerator, OnDone, Requests, Run, Sent
 from benchmarks.metrics import RequestRecord, RunSummary, Slo, summarize
-from benchmarks.workload import Workload
+from benchmarks.workload import RequestInput, Workload
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,120 +146,79 @@ class LevelResult:
 
 
 class Runner:
-    """Owns one aiohttp session (connections are reused across levels); `run` one level at a
-    time."""
+    """Drives a workload against a target, one level at a time, on one load generator
+    (connections are reused across levels)."""
 
     def __init__(self, target: Target, workload: Workload, progress: bool = True) -> None:
         self.target = target
         self.workload = workload
         self.progress = progress
-        self._headers = target.request_headers()
-        self._session: aiohttp.ClientSession | None = None
+        self._gen = LoadGenerator(pool=0, timeout_s=target.timeout_s)
+        self._inputs: dict[int, RequestInput] = {}  # sent, not yet recorded
+        self._requests = Requests(
+            url=target.url, body=self._body, stream=target.stream, headers=target.request_headers()
+        )
 
     async def __aenter__(self) -> Runner:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=120)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self.target.timeout_s)
-        )
+        await self._gen.__aenter__()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("Runner used outside 'async with'")
-        return self._session
+        await self._gen.__aexit__(*exc_info)
 
     async def run(self, load: Load) -> LevelResult:
         if load.warmup_requests:
             width = load.concurrency or load.max_concurrency or 1
-            warm = Load(concurrency=min(width, load.warmup_requests), num_requests=1)
+            count = load.warmup_requests
             # Warm-up requests use negative indexes: other prompts than the measured ones.
-            await self._closed(warm, -load.warmup_requests, load.warmup_requests, _NoProgress())
+            await self._gen.closed(self._requests, min(width, count), first=-count, count=count)
+            self._inputs.clear()
         loadavg_start = os.getloadavg()
         started = datetime.now(UTC).isoformat(timespec="seconds")
-        if load.closed:
-            total = load.num_requests
-            bar = progress_bar(self.progress, total, load.label)
-            try:
-                records, duration = await self._closed(load, 0, load.num_requests, bar)
-            finally:
-                bar.close()
-        else:
-            offsets = arrival_offsets(
-                load.request_rate or math.inf,
-                load.burstiness,
-                load.seed,
-                load.num_requests,
-                load.duration_s,
-            )
-            bar = progress_bar(self.progress, len(offsets), load.label)
-            try:
-                records, duration = await self._open(load, offsets, bar)
-            finally:
-                bar.close()
-        records.sort(key=lambda r: r.index)
+        offsets = None if load.closed else _offsets(load)
+        total = load.num_requests if offsets is None else len(offsets)
+        bar = progress_bar(self.progress, total, load.label)
+        try:
+            run = await self._drive(load, offsets, lambda _: bar.update(1))
+        finally:
+            bar.close()
+        records = sorted((self._record(s, run.start) for s in run.sent), key=lambda r: r.index)
         return LevelResult(
-            load, tuple(records), duration, started, (loadavg_start, os.getloadavg())
+            load, tuple(records), run.wall_s, started, (loadavg_start, os.getloadavg())
         )
 
-    async def _closed(
-        self, load: Load, first: int, count: int | None, bar: Progress
-    ) -> tuple[list[RequestRecord], float]:
-        records: list[RequestRecord] = []
-        next_index = first
-        end = None if count is None else first + count
-        start = time.perf_counter()
-        deadline = None if load.duration_s is None else start + load.duration_s
-
-        async def client() -> None:
-            nonlocal next_index
-            while (end is None or next_index < end) and (
-                deadline is None or time.perf_counter() < deadline
-            ):
-                index = next_index
-                next_index += 1
-                request = self.workload.get(index)
-                records.append(
-                    await send(self.session, self.target, index, request, self._headers, start)
-                )
-                bar.update(1)
-
+    async def _drive(self, load: Load, offsets: Sequence[float] | None, on_done: OnDone) -> Run:
+        if offsets is not None:
+            return await self._gen.open(
+                self._requests, offsets, max_concurrency=load.max_concurrency, on_done=on_done
+            )
         assert load.concurrency is not None
-        async with asyncio.TaskGroup() as group:
-            for _ in range(load.concurrency):
-                group.create_task(client())
-        return records, time.perf_counter() - start
+        return await self._gen.closed(
+            self._requests,
+            load.concurrency,
+            count=load.num_requests,
+            duration_s=load.duration_s,
+            on_done=on_done,
+        )
 
-    async def _open(
-        self, load: Load, offsets: Sequence[float], bar: Progress
-    ) -> tuple[list[RequestRecord], float]:
-        records: list[RequestRecord] = []
-        cap = None if load.max_concurrency is None else asyncio.Semaphore(load.max_concurrency)
-        start = time.perf_counter()
+    def _body(self, index: int) -> bytes:
+        request = self.workload.get(index)
+        self._inputs[index] = request
+        return self.target.body(request)
 
-        async def one(index: int, offset: float) -> None:
-            request = self.workload.get(index)
-            if cap is None:
-                record = await send(
-                    self.session, self.target, index, request, self._headers, start, offset
-                )
-            else:
-                async with cap:
-                    record = await send(
-                        self.session, self.target, index, request, self._headers, start, offset
-                    )
-            records.append(record)
-            bar.update(1)
+    def _record(self, sent: Sent, run_start: float) -> RequestRecord:
+        request = self._inputs.pop(sent.index)
+        url = self.target.url(sent.index)
+        stream = self.target.stream
+        return record(sent.exchange, sent.index, url, run_start, sent.scheduled_s, request,
+                      stream=stream)  # fmt: skip
 
-        async with asyncio.TaskGroup() as group:
-            for index, offset in enumerate(offsets):
-                delay = start + offset - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                group.create_task(one(index, offset))
-        return records, time.perf_counter() - start
+
+def _offsets(load: Load) -> list[float]:
+    return arrival_offsets(
+        load.request_rate or math.inf,
+        load.burstiness,
+        load.seed,
+        load.num_requests,
+        load.duration_s,
+    )

@@ -20,7 +20,6 @@ scale_out.{latency,throughput}.png to --out (default benchmarks/results).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -31,40 +30,37 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks import report
+from benchmarks.cpu import cpu_percent, cpu_seconds, host_busy_seconds, set_affinity
+from benchmarks.flags import Cli, option
 from benchmarks.meta import REPO_ROOT, run_metadata
 from benchmarks.metrics import RunSummary, summarize
-from benchmarks.scenario import RESULTS_DIR, header_line, int_list, run_cancellable, write_report
-from benchmarks.stack import (
-    Stack,
-    StackConfig,
-    cpu_percent,
-    cpu_seconds,
-    host_busy_seconds,
-    set_affinity,
-)
+from benchmarks.scenario import header_line, run_scenario, write_report
+from benchmarks.stack import Stack, StackConfig
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Params:
-    routers: tuple[int, ...] = (1, 2)
-    workers: int = 8
-    concurrencies: tuple[int, ...] = (32, 64, 128)
-    duration_s: float = 15.0
-    warmup_requests: int = 200  # per client process and level
-    max_tokens: int = 16
+    routers: tuple[int, ...] = field(default=(1, 2), metadata=option("e.g. 1,2"))
+    workers: int = field(default=8, metadata=option())
+    concurrencies: tuple[int, ...] = field(
+        default=(32, 64, 128), metadata=option("total", flag="--concurrency")
+    )
+    duration_s: float = field(default=15.0, metadata=option("per level"))
+    warmup_requests: int = field(default=200, metadata=option("per client process and level"))
+    max_tokens: int = field(default=16, metadata=option())
+    stream: bool = field(default=True, metadata=option("plain requests"))
+    client_procs: int = field(default=1, metadata=option())
+    pin: bool = field(default=True, metadata=option("do not pin routers to CPUs"))
     prompt_words: int = 16
-    stream: bool = True
-    client_procs: int = 1
     worker_slots: int = 64
     worker_max_queue: int = 1024
-    pin: bool = True
     model_id: str = "bench-model"
 
     def __post_init__(self) -> None:
@@ -296,52 +292,23 @@ def render_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    d = Params()
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks scale_out",
-        description="Requests/s with 1 and 2 router replicas sharing Redis.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--routers", type=int_list, default=d.routers, help="e.g. 1,2")
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--concurrency", type=int_list, default=d.concurrencies, help="total")
-    p.add_argument("--duration-s", type=float, default=d.duration_s, help="per level")
-    p.add_argument("--warmup-requests", type=int, default=d.warmup_requests)
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
-    p.add_argument("--no-stream", action="store_true", help="plain requests")
-    p.add_argument("--client-procs", type=int, default=d.client_procs)
-    p.add_argument("--no-pin", action="store_true")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR)
-    p.add_argument("--smoke", action="store_true", help="mark the results as a smoke run")
-    p.add_argument("--no-plots", action="store_true")
-    return p.parse_args(argv)
+CLI = Cli(
+    Params,
+    "python -m benchmarks scale_out",
+    "Requests/s with 1 and 2 router replicas sharing Redis.",
+    ("out", "smoke", "plots"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        params = Params(
-            routers=args.routers,
-            workers=args.workers,
-            concurrencies=args.concurrency,
-            duration_s=args.duration_s,
-            warmup_requests=args.warmup_requests,
-            max_tokens=args.max_tokens,
-            stream=not args.no_stream,
-            client_procs=args.client_procs,
-            pin=not args.no_pin,
-        )
-    except ValueError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+    parsed = CLI.parse(argv)
+    if parsed is None:
         return 2
+    params, args = parsed
     metadata = run_metadata(["python", "-m", "benchmarks", "scale_out", *argv], args.smoke)
-    try:
-        levels = run_cancellable(run(params))
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        sys.stderr.write("interrupted; the stack was stopped, nothing written\n")
+    levels = run_scenario(run(params))
+    if levels is None:
         return 130
     data: dict[str, Any] = {
         "scenario": "scale_out",

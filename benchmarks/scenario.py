@@ -1,14 +1,15 @@
-"""What the scenario scripts share: CLI value parsers, stack-side figures, result files.
+"""What the scenario scripts share: their CLIs, stack-side figures, result files.
 
 A scenario starts its own stack (benchmarks.stack), drives it with the harness
 (benchmarks.runner), and writes `benchmarks/results/NAME.json` (metadata: command, git
 revision, machine, date, smoke or not; parameters; figures), `NAME.md` (the README table), and
 for sweeps `NAME.csv` and `NAME.*.png`.
+
+A scenario's command line comes from its parameter dataclass (benchmarks.flags).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import re
@@ -22,30 +23,22 @@ from typing import Any, TypeVar
 import aiohttp
 
 from benchmarks import report
+from benchmarks.flags import RESULTS_DIR as RESULTS_DIR  # re-exported
 from benchmarks.loadgen import run_in_new_loop
 from benchmarks.meta import REPO_ROOT, finish
 
 logger = logging.getLogger(__name__)
 
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 T = TypeVar("T")
 
 
-def int_list(text: str) -> tuple[int, ...]:
+def run_scenario(coro: Coroutine[Any, Any, T]) -> T | None:
+    """`run_cancellable`; None, after saying so, when interrupted (nothing is written then)."""
     try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers, e.g. 1,2,4; got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
-
-
-def str_list(text: str) -> tuple[str, ...]:
-    values = tuple(x.strip() for x in text.split(",") if x.strip())
-    if not values:
-        raise argparse.ArgumentTypeError("expected a comma-separated list")
-    return values
+        return run_cancellable(coro)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        sys.stderr.write("interrupted; the stack was stopped, nothing written\n")
+        return None
 
 
 def router_flags() -> str:

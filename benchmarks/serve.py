@@ -30,11 +30,11 @@ import orjson
 
 from benchmarks import report
 from benchmarks.client import Target, chat_url
+from benchmarks.flags import int_list
 from benchmarks.loadgen import run_in_new_loop
 from benchmarks.meta import finish, run_metadata
 from benchmarks.metrics import DEFAULT_PERCENTILES, Slo
 from benchmarks.runner import LevelResult, Load, Runner
-from benchmarks.scenario import int_list
 from benchmarks.workload import (
     LengthDist,
     SyntheticWorkload,
@@ -184,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark an OpenAI-compatible chat endpoint (see benchmarks/README.md).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _target_flags(p)
+    _load_flags(p)
+    _request_flags(p)
+    _output_flags(p)
+    return p
+
+
+def _target_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target")
     g.add_argument(
         "--base-url",
@@ -196,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--api-key", help="Bearer key; default: $OPENAI_API_KEY if set")
     g.add_argument("--header", action="append", type=_header, default=[], help="NAME:VALUE")
     g.add_argument("--timeout-s", type=float, default=300.0, help="per request, in total")
+
+
+def _load_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("load (closed loop: --concurrency; open loop: --request-rate)")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--concurrency", type=int_list, help="e.g. 1,2,4,8 (a sweep)")
@@ -206,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--duration-s", type=float, help="per level; with --num-requests, first wins")
     g.add_argument("--warmup-requests", type=int, default=0, help="per level, not recorded")
     g.add_argument("--seed", type=int, default=0, help="prompts, lengths and arrivals")
+
+
+def _request_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("requests")
     g.add_argument(
         "--input-len",
@@ -228,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--extra-body", type=_extra_body, default={}, help='JSON merged in, e.g. {"temperature":0}'
     )
+
+
+def _output_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("figures and output")
     g.add_argument(
         "--slo",
@@ -243,7 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "when stderr is not a terminal)")  # fmt: skip
     g.add_argument("--smoke", action="store_true", help="mark the results as a smoke run")
     g.add_argument("-v", "--verbose", action="store_true")
-    return p
 
 
 def loads_from_args(args: argparse.Namespace) -> list[Load]:

@@ -1,8 +1,8 @@
-"""Start and stop a local stack for benchmarks: redis-server, workers, one or more routers.
+"""A local stack for benchmarks: redis-server, workers, one or more routers, as one context.
 
 Everything listens on 127.0.0.1 on free ports, logs to files in one folder, and is stopped by PID
-(SIGTERM, then SIGKILL after a bound) when the `Stack` context exits, whatever happened. Every
-wait polls with a deadline and fails early, with the log tail, if the process has exited.
+(SIGTERM, then SIGKILL after a bound) when the `Stack` context exits, whatever happened. The
+processes, command lines and readiness probes are benchmarks.processes'.
 
     async with Stack(StackConfig(workers=2)) as stack:
         stack.router_url, stack.worker_urls, stack.redis_url
@@ -11,38 +11,38 @@ Workers run the fake engine unless `engine` says otherwise (`llama` with a `mode
 `per_worker_args` gives worker i extra CLI arguments (e.g. a slower fake token rate), appended
 last so they win. `routers` replicas share the one Redis.
 
-Readiness: redis answers PING; each worker's record is in the registry (contract.registry); every
-router's GET /v1/models lists the model.
+Readiness: redis answers PING; each worker answers /health (it listens only once registered);
+every router's GET /v1/models lists the model, and its /health counts every worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import os
 import shutil
-import signal
-import socket
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-import orjson
-from redis.asyncio import Redis
-
-from contract.registry import WorkerState, read_snapshot
+from benchmarks.processes import (
+    HOST,
+    HttpService,
+    Process,
+    ProcessExited,
+    free_port,
+    http_json,
+    http_status,
+    redis_argv,
+    redis_ping,
+    router_argv,
+    router_sees,
+    worker_argv,
+)
 
 logger = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
-POLL_S = 0.05
 
 
 class StackError(RuntimeError):
@@ -82,87 +82,25 @@ class StackConfig:
         if self.start_timeout_s <= 0 or self.stop_timeout_s <= 0:
             raise ValueError("timeouts must be > 0")
 
-
-@dataclass(slots=True)
-class Proc:
-    name: str
-    process: asyncio.subprocess.Process
-    port: int
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def log_tail(self, max_bytes: int = 4000) -> str:
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(max(0, self.log_path.stat().st_size - max_bytes))
-                return f.read().decode(errors="replace")
-        except OSError as exc:
-            return f"<no log: {exc}>"
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (the kernel's pick for an ephemeral bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (all its threads), from procfs."""
-    with open(f"/proc/{pid}/stat", "rb") as f:  # procfs: never blocks on I/O
-        fields = f.read().rsplit(b")", 1)[1].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def host_busy_seconds() -> float:
-    """CPU seconds all processes on the machine have run, plus hypervisor steal (/proc/stat).
-
-    Interrupt and softirq time are left out: loopback traffic of the benchmark itself lands
-    there, and no process is charged for it."""
-    with open("/proc/stat", "rb") as f:  # procfs: never blocks on I/O
-        user, nice, system, _idle, _iowait, _irq, _softirq, steal = (
-            int(x) for x in f.readline().split()[1:9]
+    def worker_options(self, index: int) -> list[str]:
+        """Worker `index`'s flags after --engine: engine settings, then the extra arguments."""
+        options: list[str] = []
+        if self.engine == "fake":
+            options += ["--fake-ttft-ms", _num(self.fake_ttft_ms)]
+            options += ["--fake-tokens-per-s", _num(self.fake_tokens_per_s)]
+        settings = (
+            ("--model-path", self.model_path),
+            ("--n-threads", self.n_threads),
+            ("--slots", self.slots),
+            ("--max-queue", self.max_queue),
         )
-    return (user + nice + system + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_percent(
-    before: Mapping[str, float], after: Mapping[str, float], wall_s: float
-) -> dict[str, float]:
-    """Percent of one core over `wall_s` for each CPU-seconds counter, from two snapshots whose
-    `machine` key is `host_busy_seconds()`; `other` is what processes outside the benchmark used
-    (other people's jobs on a shared machine), the noise to watch."""
-    pct = {k: (after[k] - before[k]) / wall_s * 100 for k in before}
-    ours = sum(v for k, v in pct.items() if k != "machine")
-    pct["other"] = max(0.0, pct["machine"] - ours)
-    return pct
-
-
-def set_affinity(pid: int, cpus: set[int]) -> None:
-    """Pin every thread of a process to `cpus` (threads started later inherit it)."""
-    try:
-        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except FileNotFoundError:
-        return
-    for tid in tids:
-        with contextlib.suppress(ProcessLookupError):
-            os.sched_setaffinity(tid, cpus)
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    return env
+        for flag, value in settings:
+            if value is not None:
+                options += [flag, str(value)]
+        options += self.worker_args
+        if index < len(self.per_worker_args):
+            options += self.per_worker_args[index]
+        return options
 
 
 @dataclass(slots=True)
@@ -171,9 +109,9 @@ class Stack:
     manager."""
 
     config: StackConfig
-    redis: Proc | None = None
-    routers: list[Proc] = field(default_factory=list)
-    workers: list[Proc] = field(default_factory=list)
+    redis: Process | None = None
+    routers: list[HttpService] = field(default_factory=list)
+    workers: list[HttpService] = field(default_factory=list)
     log_dir: Path = field(init=False)
     _own_log_dir: bool = field(init=False, default=False)
 
@@ -192,7 +130,7 @@ class Stack:
         return f"redis://{HOST}:{self.redis.port}/0"
 
     @property
-    def router(self) -> Proc | None:
+    def router(self) -> HttpService | None:
         """The first router (the only one unless `config.routers` > 1)."""
         return self.routers[0] if self.routers else None
 
@@ -211,7 +149,7 @@ class Stack:
         return [w.url for w in self.workers]
 
     @property
-    def procs(self) -> list[Proc]:
+    def procs(self) -> list[Process]:
         return [p for p in (self.redis, *self.workers, *self.routers) if p is not None]
 
     async def __aenter__(self) -> Stack:
@@ -235,200 +173,81 @@ class Stack:
         if shutil.which(self.config.redis_server) is None:
             raise StackError(f"{self.config.redis_server!r} is not on PATH")
         port = free_port()
-        args = [
-            self.config.redis_server,
-            "--port", str(port),
-            "--bind", HOST,
-            "--save", "",
-            "--appendonly", "no",
-        ]  # fmt: skip
-        self.redis = await self._spawn("redis", args, port)
-        await self._wait(self.redis, "PING", functools.partial(_redis_ping, port))
+        self.redis = Process("redis", redis_argv(port, server=self.config.redis_server),
+                             self.log_dir / "redis.log", port)  # fmt: skip
+        await self._start(self.redis, "PING", lambda: redis_ping(port))
 
-    async def add_workers(self, count: int) -> list[Proc]:
+    async def add_workers(self, count: int) -> list[HttpService]:
         """Start `count` more workers and wait until all the stack's workers are registered."""
-        started: list[Proc] = []
+        c = self.config
+        started: list[HttpService] = []
         for _ in range(count):
-            port = free_port()
-            index = len(self.workers)
-            proc = await self._spawn(f"worker{index}", self._worker_args(index, port), port)
+            port, index = free_port(), len(self.workers)
+            argv = worker_argv(port, self.redis_url, c.model_id, engine=c.engine,
+                               options=c.worker_options(index), python=c.python)  # fmt: skip
+            proc = HttpService(f"worker{index}", argv, self.log_dir / f"worker{index}.log", port)
+            await asyncio.to_thread(proc.start)
+            logger.info("started %s pid=%d port=%d", proc.name, proc.pid, port)
             self.workers.append(proc)
             started.append(proc)
         for proc in started:
-            await self._wait(proc, "registration", functools.partial(self._registered, proc))
+            await self._wait(proc, "registration", _health_check(proc))
+        n = len(self.workers)
         for router in self.routers if started else []:
-            await self._wait(
-                router, "all workers", functools.partial(self._router_sees_workers, router)
-            )
+            await self._wait(router, "all workers", functools.partial(router_sees, router.url, n))
         return started
 
-    def _worker_args(self, index: int, port: int) -> list[str]:
-        c = self.config
-        args = [
-            c.python, "-m", "worker",
-            "--model-id", c.model_id,
-            "--redis-url", self.redis_url,
-            "--host", HOST,
-            "--port", str(port),
-            "--engine", c.engine,
-        ]  # fmt: skip
-        if c.engine == "fake":
-            args += ["--fake-ttft-ms", _num(c.fake_ttft_ms)]
-            args += ["--fake-tokens-per-s", _num(c.fake_tokens_per_s)]
-        if c.model_path is not None:
-            args += ["--model-path", c.model_path]
-        if c.n_threads is not None:
-            args += ["--n-threads", str(c.n_threads)]
-        if c.slots is not None:
-            args += ["--slots", str(c.slots)]
-        if c.max_queue is not None:
-            args += ["--max-queue", str(c.max_queue)]
-        args += c.worker_args
-        if index < len(c.per_worker_args):
-            args += c.per_worker_args[index]
-        return args
-
-    async def start_router(self) -> Proc:
+    async def start_router(self) -> HttpService:
         """Start one more router replica and wait until it lists the model."""
         port = free_port()
-        args = [
-            self.config.python, "-m", "router",
-            "--redis-url", self.redis_url,
-            "--host", HOST,
-            "--port", str(port),
-            "--auth", "off",  # benchmarks measure routing, not key checks
-            *self.config.router_args,
-        ]  # fmt: skip
+        # auth off: benchmarks measure routing, not key checks
+        argv = router_argv(port, self.redis_url, auth=False, options=self.config.router_args,
+                           python=self.config.python)  # fmt: skip
         name = "router" if not self.routers else f"router{len(self.routers)}"
-        router = await self._spawn(name, args, port)
+        router = HttpService(name, argv, self.log_dir / f"{name}.log", port)
         self.routers.append(router)
-        await self._wait(router, "/v1/models", functools.partial(self._router_lists_model, port))
+        await self._start(router, "/v1/models", lambda: self._lists_model(router))
         return router
 
     async def stop(self, keep_logs: bool = False) -> None:
-        """Terminate by PID: router, then workers, then redis. Safe to call more than once.
+        """Terminate by PID: routers, then workers, then redis. Safe to call more than once.
 
         Our temporary log folder is removed unless `keep_logs` or a process refused to die."""
-        procs = [
-            p
-            for p in (*reversed(self.routers), *reversed(self.workers), self.redis)
-            if p is not None
-        ]
+        procs: list[Process] = [*reversed(self.routers), *reversed(self.workers)]
+        procs += [self.redis] if self.redis is not None else []
         for proc in procs:
-            await _terminate(proc, self.config.stop_timeout_s)
+            if proc.alive():
+                await asyncio.to_thread(proc.stop, self.config.stop_timeout_s)
         if not self._own_log_dir:
             return
-        if keep_logs or any(p.process.returncode is None for p in procs):
+        if keep_logs or any(p.alive() for p in procs):
             logger.warning("stack logs kept in %s", self.log_dir)
         else:
             await asyncio.to_thread(shutil.rmtree, self.log_dir, True)
 
-    async def _spawn(self, name: str, args: list[str], port: int) -> Proc:
-        log_path = self.log_dir / f"{name}.log"
-        log = await asyncio.to_thread(log_path.open, "wb")
+    async def _start(self, proc: Process, what: str, ready: Callable[[], bool]) -> None:
+        await asyncio.to_thread(proc.start)
+        logger.info("started %s pid=%d port=%d", proc.name, proc.pid, proc.port)
+        await self._wait(proc, what, ready)
+
+    async def _wait(self, proc: Process, what: str, ready: Callable[[], bool]) -> None:
+        timeout_s = self.config.start_timeout_s
         try:
-            process = await asyncio.create_subprocess_exec(
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                cwd=REPO_ROOT,
-                env=_child_env(),
-                start_new_session=True,  # a Ctrl-C to us does not hit it; we stop it by PID
-            )
-        finally:
-            log.close()  # the child holds its own descriptor
-        logger.info("started %s pid=%d port=%d", name, process.pid, port)
-        return Proc(name=name, process=process, port=port, log_path=log_path)
+            await asyncio.to_thread(proc.wait_ready, ready, timeout_s, what)
+        except (ProcessExited, TimeoutError) as exc:
+            raise StackError(str(exc)) from None
 
-    async def _wait(self, proc: Proc, what: str, ready: Callable[[], Awaitable[bool]]) -> None:
-        deadline = time.monotonic() + self.config.start_timeout_s
-        last_error = "not ready"
-        while True:
-            if proc.process.returncode is not None:
-                raise StackError(
-                    f"{proc.name} exited with {proc.process.returncode} before {what}:\n"
-                    f"{proc.log_tail()}"
-                )
-            try:
-                if await ready():
-                    return
-                last_error = "answered, but not ready yet"
-            except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                last_error = repr(exc)
-            if time.monotonic() >= deadline:
-                raise StackError(
-                    f"{proc.name} not ready ({what}) after {self.config.start_timeout_s} s: "
-                    f"{last_error}\n{proc.log_tail()}"
-                )
-            await asyncio.sleep(POLL_S)
-
-    async def _registered(self, proc: Proc) -> bool:
-        async with Redis.from_url(self.redis_url, socket_timeout=2.0) as redis:
-            snapshot = await read_snapshot(redis)
-        return any(
-            r.url.rstrip("/").endswith(f":{proc.port}")
-            and r.model == self.config.model_id
-            and r.state == WorkerState.READY
-            for r in snapshot.workers.values()
-        )
-
-    async def _router_sees_workers(self, router: Proc) -> bool:
-        """The router's /health `workers` count matches ours; when it has no such field, give
-        its registry watcher a moment to take in the join events."""
-        timeout = aiohttp.ClientTimeout(total=2.0)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(f"{router.url}/health") as resp,
-        ):
-            data = orjson.loads(await resp.read()) if resp.status == 200 else None
-        count = data.get("workers") if isinstance(data, dict) else None
-        if isinstance(count, int):
-            return count == len(self.workers)
-        await asyncio.sleep(1.0)
-        return True
-
-    async def _router_lists_model(self, port: int) -> bool:
-        timeout = aiohttp.ClientTimeout(total=2.0)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(f"http://{HOST}:{port}/v1/models") as resp,
-        ):
-            if resp.status != 200:
-                return False
-            data = orjson.loads(await resp.read())
+    def _lists_model(self, router: HttpService) -> bool:
+        status, data = http_json(router.url + "/v1/models", 2.0)
+        if status != 200:
+            return False
         if not self.workers:  # nothing can be listed yet
             return True
         return any(m.get("id") == self.config.model_id for m in data.get("data", []))
 
 
-async def _redis_ping(port: int) -> bool:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 2.0)
-    try:
-        writer.write(b"PING\r\n")
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), 2.0)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    return line.startswith(b"+PONG")
-
-
-async def _terminate(proc: Proc, timeout_s: float) -> None:
-    if proc.process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.process.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.process.wait(), timeout_s)
-    except TimeoutError:
-        logger.warning(
-            "%s pid=%d ignored SIGTERM for %s s; killing", proc.name, proc.pid, timeout_s
-        )
-        with contextlib.suppress(ProcessLookupError):
-            proc.process.kill()
-        await asyncio.wait_for(proc.process.wait(), timeout_s)
+def _health_check(proc: HttpService) -> Callable[[], bool]:
+    return lambda: http_status(proc.url + "/health", 2.0) == 200
 
 
 def _num(value: float) -> str:

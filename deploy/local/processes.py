@@ -1,4 +1,9 @@
-"""The local stack's processes as recorded in the manifest, and the probes that check them."""
+"""The local stack's processes: their command lines (`plan`) and the manifest that records them.
+
+Redis, worker and router command lines are benchmarks.processes' (shared with the tests and the
+benchmarks); what is local is the rest of the stack and the detached lifecycle: a manifest, PID
+files, and a liveness check that a recorded PID still runs the recorded program.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,18 @@ import json
 import os
 import shutil
 import socket
-import urllib.error
-import urllib.request
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+
+from benchmarks.processes import redis_argv, router_argv, worker_argv
+from deploy.local.spec import StackSpec
 
 MANIFEST = "stack.json"
+
+
+class StackFailure(RuntimeError):
+    pass
 
 
 @dataclass(slots=True)
@@ -30,6 +40,70 @@ class Service:
     @property
     def log_name(self) -> str:
         return f"logs/{self.name}.log"
+
+
+def plan(spec: StackSpec, run_dir: Path, python: str = sys.executable) -> list[Service]:
+    """Every process of the stack in start order, with its exact command line."""
+    redis = redis_argv(spec.redis_port, server=_need("redis-server"), data_dir=run_dir / "redis")
+    services = [Service("redis", "redis", redis, spec.redis_port, spec.redis_url)]
+    for model in spec.models:
+        for worker_id, port in zip(model.worker_ids(), model.worker_ports(), strict=True):
+            options = ["--n-gpu-layers", str(model.n_gpu_layers)]
+            if model.path is not None:
+                options += ["--model-path", model.path]
+            argv = worker_argv(port, spec.redis_url, model.id, engine=model.engine,
+                               worker_id=worker_id, options=[*options, *model.args],
+                               python=python)  # fmt: skip
+            services.append(Service(f"worker-{worker_id}", "worker", argv, port, _url(port)))
+    for i, port in enumerate(spec.router_ports(), start=1):
+        # auth=None: the router's default (keys checked), as in production
+        argv = router_argv(port, spec.redis_url, auth=None, options=spec.router_args, python=python)
+        services.append(
+            Service(f"router-{i}", "router", argv, port, _url(port), dict(spec.router_env))
+        )
+    return services + _edge_services(spec, run_dir)
+
+
+def _edge_services(spec: StackSpec, run_dir: Path) -> list[Service]:
+    """nginx in front, the Redis exporter and Prometheus beside."""
+    nginx_dir, prom_dir = run_dir / "nginx", run_dir / "prometheus"
+    nginx = [
+        _need("nginx"),
+        *("-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf")),
+        *("-e", str(run_dir / "logs" / "nginx-error.log"), "-g", "daemon off;"),
+    ]
+    services = [Service("nginx", "nginx", nginx, spec.nginx_port, _url(spec.nginx_port))]
+    if spec.redis_exporter_port:
+        exporter = [
+            _need("prometheus-redis-exporter"),
+            f"-redis.addr=redis://127.0.0.1:{spec.redis_port}",
+            f"-web.listen-address=127.0.0.1:{spec.redis_exporter_port}",
+        ]
+        port = spec.redis_exporter_port
+        services.append(Service("redis-exporter", "redis-exporter", exporter, port, _url(port)))
+    prometheus = [
+        _need("prometheus"),
+        f"--config.file={prom_dir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={prom_dir / 'data'}",
+        "--storage.tsdb.retention.time=2d",
+        f"--web.listen-address=127.0.0.1:{spec.prometheus_port}",
+        "--web.enable-lifecycle",
+        "--log.level=warn",
+    ]
+    port = spec.prometheus_port
+    services.append(Service("prometheus", "prometheus", prometheus, port, _url(port)))
+    return services
+
+
+def _url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def _need(program: str) -> str:
+    path = binary(program)
+    if path is None:
+        raise StackFailure(f"{program} is not installed (deploy/install.sh installs it)")
+    return path
 
 
 def binary(name: str) -> str | None:
@@ -64,30 +138,6 @@ def port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def redis_ping(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-        sock.sendall(b"PING\r\n")
-        return sock.recv(16).startswith(b"+PONG")
-
-
-def http_status(url: str, timeout_s: float = 2.0) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            resp.read()
-            code: int = resp.status
-            return code
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-def http_json(url: str, timeout_s: float = 2.0) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return json.loads(resp.read())
-    except (OSError, ValueError):
-        return None
 
 
 def log_tail(run_dir: Path, service: Service, lines: int = 30) -> str:

@@ -31,17 +31,23 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from benchmarks.processes import (
+    http_json,
+    http_status,
+    redis_ping,
+    router_sees,
+    spawn,
+    wait_until,
+)
 from deploy.local.processes import (
     MANIFEST,
     Service,
+    StackFailure,
     alive,
-    binary,
-    http_json,
-    http_status,
     log_tail,
+    plan,
     port_in_use,
     read_manifest,
-    redis_ping,
     write_manifest,
 )
 from deploy.local.render import nginx_conf, prometheus_yml
@@ -61,109 +67,6 @@ STOP_SIGNAL = {"nginx": signal.SIGQUIT}  # nginx: graceful; everything else take
 
 WORKER_LOAD_TIMEOUT_S = 180.0
 START_TIMEOUT_S = 30.0
-
-
-class StackFailure(RuntimeError):
-    pass
-
-
-def plan(spec: StackSpec, run_dir: Path, python: str = sys.executable) -> list[Service]:
-    """Every process of the stack in start order, with its exact command line."""
-    services = [
-        Service(
-            "redis",
-            "redis",
-            [
-                _need("redis-server"),
-                *("--port", str(spec.redis_port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(run_dir / "redis")),
-            ],
-            spec.redis_port,
-            spec.redis_url,
-        )
-    ]
-    for model in spec.models:
-        for worker_id, port in zip(model.worker_ids(), model.worker_ports(), strict=True):
-            argv = [
-                *(python, "-m", "worker", "--model-id", model.id, "--redis-url", spec.redis_url),
-                *("--host", "127.0.0.1", "--port", str(port), "--worker-id", worker_id),
-                *("--engine", model.engine, "--n-gpu-layers", str(model.n_gpu_layers)),
-            ]
-            if model.path is not None:
-                argv += ["--model-path", model.path]
-            argv += model.args
-            services.append(
-                Service(f"worker-{worker_id}", "worker", argv, port, f"http://127.0.0.1:{port}")
-            )
-    for i, port in enumerate(spec.router_ports(), start=1):
-        argv = [
-            *(python, "-m", "router", "--redis-url", spec.redis_url),
-            *("--host", "127.0.0.1", "--port", str(port), *spec.router_args),
-        ]
-        services.append(
-            Service(
-                f"router-{i}",
-                "router",
-                argv,
-                port,
-                f"http://127.0.0.1:{port}",
-                env=dict(spec.router_env),
-            )
-        )
-    nginx_dir = run_dir / "nginx"
-    services.append(
-        Service(
-            "nginx",
-            "nginx",
-            [
-                _need("nginx"),
-                *("-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf")),
-                *("-e", str(run_dir / "logs" / "nginx-error.log"), "-g", "daemon off;"),
-            ],
-            spec.nginx_port,
-            f"http://127.0.0.1:{spec.nginx_port}",
-        )
-    )
-    if spec.redis_exporter_port:
-        services.append(
-            Service(
-                "redis-exporter",
-                "redis-exporter",
-                [
-                    _need("prometheus-redis-exporter"),
-                    f"-redis.addr=redis://127.0.0.1:{spec.redis_port}",
-                    f"-web.listen-address=127.0.0.1:{spec.redis_exporter_port}",
-                ],
-                spec.redis_exporter_port,
-                f"http://127.0.0.1:{spec.redis_exporter_port}",
-            )
-        )
-    prom_dir = run_dir / "prometheus"
-    services.append(
-        Service(
-            "prometheus",
-            "prometheus",
-            [
-                _need("prometheus"),
-                f"--config.file={prom_dir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={prom_dir / 'data'}",
-                "--storage.tsdb.retention.time=2d",
-                f"--web.listen-address=127.0.0.1:{spec.prometheus_port}",
-                "--web.enable-lifecycle",
-                "--log.level=warn",
-            ],
-            spec.prometheus_port,
-            f"http://127.0.0.1:{spec.prometheus_port}",
-        )
-    )
-    return services
-
-
-def _need(program: str) -> str:
-    path = binary(program)
-    if path is None:
-        raise StackFailure(f"{program} is not installed (deploy/install.sh installs it)")
-    return path
 
 
 # -- up ---------------------------------------------------------------------------------------
@@ -237,19 +140,7 @@ def _demo_tenant(spec: StackSpec, run_dir: Path) -> None:
 
 
 def start(service: Service, run_dir: Path) -> None:
-    log = (run_dir / service.log_name).open("ab")
-    try:
-        proc = subprocess.Popen(
-            service.argv,
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **service.env},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # outlives this command; no terminal signals
-        )
-    finally:
-        log.close()
+    proc = spawn(service.argv, run_dir / service.log_name, service.env)
     # The process runs on after this command exits; `down` ends it by the recorded PID.
     proc.returncode = 0  # keeps Popen.__del__ from warning about a child it cannot reap
     service.pid = proc.pid
@@ -260,7 +151,7 @@ def _wait_group(run_dir: Path, started: list[Service], role: str, spec: StackSpe
     checks: dict[str, Callable[[Service], bool]] = {
         "redis": lambda s: redis_ping(s.port),
         "worker": lambda s: http_status(s.url + "/health") == 200,
-        "router": lambda s: _router_sees(s, spec.total_workers()),
+        "router": lambda s: router_sees(s.url, spec.total_workers()),
         "nginx": lambda s: http_status(s.url + "/health") == 200,
         "redis-exporter": lambda s: http_status(s.url + "/metrics") == 200,
         "prometheus": lambda s: http_status(s.url + "/-/ready") == 200,
@@ -276,13 +167,11 @@ def _wait_group(run_dir: Path, started: list[Service], role: str, spec: StackSpe
             time.sleep(0.25)
 
 
-def _router_sees(service: Service, n_workers: int) -> bool:
-    body = http_json(service.url + "/health")
-    return isinstance(body, dict) and body.get("workers") == n_workers
-
-
 def _all_targets_up(prometheus_url: str) -> bool:
-    body = http_json(prometheus_url + "/api/v1/targets?state=active")
+    try:
+        body = http_json(prometheus_url + "/api/v1/targets?state=active", 2.0)[1]
+    except (OSError, ValueError):
+        return False
     if not isinstance(body, dict):
         return False
     targets = body.get("data", {}).get("activeTargets", [])
@@ -292,18 +181,17 @@ def _all_targets_up(prometheus_url: str) -> bool:
 def wait_ready(
     service: Service, run_dir: Path, check: Callable[[Service], bool], timeout_s: float
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def ready() -> bool:
         if not alive(service):
             raise StackFailure(f"{service.name} exited:\n{log_tail(run_dir, service)}")
-        with contextlib.suppress(OSError, ValueError):
-            if check(service):
-                return
-        if time.monotonic() > deadline:
-            raise StackFailure(
-                f"{service.name} not ready after {timeout_s:g} s:\n{log_tail(run_dir, service)}"
-            )
-        time.sleep(0.2)
+        return check(service)
+
+    try:
+        wait_until(ready, timeout_s, service.name, interval_s=0.2)
+    except TimeoutError:
+        raise StackFailure(
+            f"{service.name} not ready after {timeout_s:g} s:\n{log_tail(run_dir, service)}"
+        ) from None
 
 
 def _print_summary(spec: StackSpec, run_dir: Path) -> None:
@@ -371,7 +259,10 @@ def _health(service: Service) -> str:
     except OSError as exc:
         return f"unreachable ({exc})"
     if code == 200 and service.role == "router":
-        body = http_json(service.url + "/health")
+        try:
+            body = http_json(service.url + "/health", 2.0)[1]
+        except (OSError, ValueError):
+            body = None
         if isinstance(body, dict):
             return f"healthy, sees {body.get('workers')} worker(s)"
     return "healthy" if code == 200 else f"HTTP {code}"

@@ -24,8 +24,8 @@ from pytest_aiohttp import AiohttpServer
 
 from benchmarks.client import Target, chat_url
 from benchmarks.metrics import RunSummary, Slo, summarize
+from benchmarks.processes import free_port
 from benchmarks.runner import Load, Runner
-from benchmarks.stack import free_port
 from benchmarks.workload import LengthDist, SyntheticWorkload
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,6 +155,12 @@ async def test_cli_end_to_end_writes_every_file(
     )
     assert len(bodies) == 2 * (10 + 2)  # warm-up included, by the server's count
 
+    check_requests_and_tables(tmp_path)
+    assert b"concurrency 3" in out
+
+
+def check_requests_and_tables(tmp_path: Path) -> None:
+    """run.requests.jsonl, run.csv and the plots of test_cli_end_to_end_writes_every_file."""
     lines = (tmp_path / "run.requests.jsonl").read_bytes().splitlines()
     records = [orjson.loads(line) for line in lines]
     assert len(records) == 20
@@ -171,7 +177,6 @@ async def test_cli_end_to_end_writes_every_file(
     if importlib.util.find_spec("matplotlib") is not None:
         for name in ("run.latency.png", "run.throughput.png"):
             assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert b"concurrency 3" in out
 
 
 def workload(output_tokens: int = 3) -> SyntheticWorkload:

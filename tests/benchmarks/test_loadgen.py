@@ -17,9 +17,11 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from benchmarks.loadgen import LoadGenerator, LoadSpec, RequestTiming, percentile, run_load
+from benchmarks.client import Exchange
+from benchmarks.loadgen import LoadGenerator, LoadSpec, percentile, run_load
+from benchmarks.processes import free_port
 from benchmarks.router_overhead import Params, measure_latency
-from benchmarks.stack import Stack, StackConfig, free_port
+from benchmarks.stack import Stack, StackConfig
 
 WORDS = ("alpha", "beta", "gamma")
 HITS = web.AppKey("hits", Counter[str])
@@ -53,7 +55,7 @@ def make_app() -> web.Application:
     return app
 
 
-def assert_sane(t: RequestTiming) -> None:
+def assert_sane(t: Exchange) -> None:
     assert t.ok, t
     assert t.status == 200
     assert t.error is None
@@ -71,7 +73,7 @@ async def test_plain_bounded_by_count(aiohttp_server: AiohttpServer) -> None:
     assert result.ok_count == 25
     for t in result.timings:
         assert_sane(t)
-        assert t.ttfc_s is None and t.chunks == 0
+        assert t.ttft_s is None and t.events == 0
     assert result.rps > 0
     summary = result.summary()
     assert summary["statuses"] == {"200": 25}
@@ -83,7 +85,7 @@ async def test_plain_bounded_by_count(aiohttp_server: AiohttpServer) -> None:
 async def test_stream_timings_ordered(aiohttp_server: AiohttpServer) -> None:
     server = await aiohttp_server(make_app())
     url = str(server.make_url("/v1/chat/completions"))
-    async with LoadGenerator(concurrency=3) as gen:
+    async with LoadGenerator(pool=3) as gen:
         result = await gen.run(
             LoadSpec(urls=(url,), model="m", concurrency=3, requests=12, stream=True)
         )
@@ -91,9 +93,10 @@ async def test_stream_timings_ordered(aiohttp_server: AiohttpServer) -> None:
     assert len(result.timings) == 12 and result.ok_count == 12
     for t in result.timings:
         assert_sane(t)
-        assert t.ttfc_s is not None and t.ttfb_s is not None
-        assert t.ttfb_s <= t.ttfc_s <= t.e2e_s
-        assert t.chunks == len(WORDS) + 1  # the role-only delta, then one per word
+        assert t.ttft_s is not None and t.ttfb_s is not None
+        assert t.ttfb_s <= t.ttft_s <= t.e2e_s
+        assert t.events == len(WORDS) + 1  # the role-only delta, then one per word
+        assert t.content_events == len(WORDS) and len(t.itl_s) == len(WORDS) - 1
     assert result.summary()["ttfc"]["p50_ms"] > 0
     assert again.ok_count == 5  # the generator's session is reused across runs
 
@@ -149,7 +152,7 @@ async def test_latency_part_on_real_stack() -> None:
     params = Params(rounds=2, requests_per_round=10, concurrencies=(1, 3), warmup_requests=3)
     async with Stack(StackConfig(workers=1, slots=4, max_queue=16)) as stack:
         rows = await measure_latency(stack, params)
-    assert all(p.process.returncode is not None for p in stack.procs)  # all stopped
+    assert not any(p.alive() for p in stack.procs)  # all stopped
     assert [(r["mode"], r["concurrency"]) for r in rows] == [
         ("plain", 1),
         ("plain", 3),

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ from openai.types.chat import ChatCompletionMessageParam
 from redis.asyncio import Redis as AsyncRedis
 
 from contract.registry import now_ms
-from router import tenancy
+from router import tenant_admin
 from router.admin import main as admin_main
+from router.tenants import NewKey
 from tests.processes import (
     MODEL_ID,
     HttpService,
@@ -60,22 +62,22 @@ class Tenancy:
 
         return asyncio.run(run())
 
-    def new_key(self, **limits: Any) -> tenancy.NewKey:
-        new: tenancy.NewKey = self.call(
-            lambda r: tenancy.create_key(r, self.project_id, name="t", **limits)
+    def new_key(self, **limits: Any) -> NewKey:
+        new: NewKey = self.call(
+            lambda r: tenant_admin.create_key(r, self.project_id, name="t", **limits)
         )
         return new
 
 
 def _setup(r: AsyncRedis[Any]) -> Any:
     async def go() -> tuple[str, str, str, str]:
-        project = await tenancy.create_project(r, "Acme")
-        other = await tenancy.create_project(r, "Other")
-        await tenancy.create_endpoint(r, project.project_id, "chat", [MODEL_ID])
-        await tenancy.create_endpoint(r, project.project_id, "empty", ["not-served"])
-        await tenancy.create_endpoint(r, other.project_id, "chat", [MODEL_ID])
-        key = await tenancy.create_key(r, project.project_id, name="main")
-        other_key = await tenancy.create_key(r, other.project_id, name="other")
+        project = await tenant_admin.create_project(r, "Acme")
+        other = await tenant_admin.create_project(r, "Other")
+        await tenant_admin.create_endpoint(r, project.project_id, "chat", [MODEL_ID])
+        await tenant_admin.create_endpoint(r, project.project_id, "empty", ["not-served"])
+        await tenant_admin.create_endpoint(r, other.project_id, "chat", [MODEL_ID])
+        key = await tenant_admin.create_key(r, project.project_id, name="main")
+        other_key = await tenant_admin.create_key(r, other.project_id, name="other")
         return project.project_id, other.project_id, key.key, other_key.key
 
     return go()
@@ -99,7 +101,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenancy]:
         for proc in procs:
             proc.wait_healthy()
         for router in routers:
-            wait_until(lambda r=router: http_json(r.url + "/health")[1]["models"] == 1, 10, "model")
+            wait_until(partial(_serves_one_model, router), 10, "model")
         t = Tenancy(server, routers, "", "", "", "")
         t.project_id, t.other_project_id, t.key, t.other_key = t.call(_setup)
         yield t
@@ -107,6 +109,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenancy]:
         for proc in [*procs]:
             proc.stop()
         server.stop()
+
+
+def _serves_one_model(router: HttpService) -> bool:
+    return bool(http_json(router.url + "/health")[1]["models"] == 1)
 
 
 def sdk(base_url: str, key: str, **kwargs: Any) -> openai.OpenAI:
@@ -183,7 +189,7 @@ def test_bad_keys_get_401(stack: Tenancy, authorization: str | None) -> None:
 def test_revoked_and_expired_keys_get_401(stack: Tenancy) -> None:
     revoked = stack.new_key()
     expiring = stack.new_key(expires_ms=now_ms() + 1_000)
-    stack.call(lambda r: tenancy.revoke_key(r, revoked.record.key_id))
+    stack.call(lambda r: tenant_admin.revoke_key(r, revoked.record.key_id))
     time.sleep(1.2)
     for new in (revoked, expiring):
         with sdk(stack.routers[0].url + "/v1", new.key) as c:
@@ -217,8 +223,8 @@ def test_endpoint_without_the_model_is_model_not_found(stack: Tenancy) -> None:
 
 def test_model_lists_show_only_what_the_project_can_use(stack: Tenancy) -> None:
     async def bare(r: AsyncRedis[Any]) -> str:
-        project = await tenancy.create_project(r, "Bare")
-        return (await tenancy.create_key(r, project.project_id)).key
+        project = await tenant_admin.create_project(r, "Bare")
+        return (await tenant_admin.create_key(r, project.project_id)).key
 
     bare_key: str = stack.call(bare)  # a project without endpoints
     for router in stack.routers:
@@ -286,7 +292,7 @@ def test_revocation_reaches_every_replica_within_5_s(stack: Tenancy) -> None:
     for router in stack.routers:  # both replicas cache the key as valid
         with sdk(router.url + "/v1", new.key) as c:
             c.chat.completions.create(model=MODEL_ID, messages=HELLO, max_tokens=1)
-    stack.call(lambda r: tenancy.revoke_key(r, new.record.key_id))
+    stack.call(lambda r: tenant_admin.revoke_key(r, new.record.key_id))
     revoked_at = time.monotonic()
 
     def refused_everywhere() -> bool:
@@ -373,7 +379,7 @@ def test_admin_demo_is_idempotent_and_its_urls_work(
         assert [m.id for m in c.models.list().data] == [MODEL_ID]
 
     # A revoked saved key is replaced, not reused.
-    stack.call(lambda r: tenancy.revoke_key(r, first["key_id"]))
+    stack.call(lambda r: tenant_admin.revoke_key(r, first["key_id"]))
     assert admin_main([*argv, "--json"]) == 0
     third = json.loads(capsys.readouterr().out)
     assert third["key_created"] and third["key"] != key

@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import (
-    HttpService,
-    RedisServer,
-    http_json,
-    router_process,
-    wait_until,
-    worker_process,
-)
+from benchmarks.processes import router_sees
+from tests.processes import HttpService, RedisServer, router_process, wait_until, worker_process
 
 pytest.importorskip("llama_cpp", reason="the real stack needs llama-cpp-python")
 
@@ -42,11 +36,7 @@ def start_stack(tmp: Path, n_workers: int = 2) -> Stack:
             proc.start()
         for proc in [*workers, router]:
             proc.wait_healthy(timeout_s=60)
-        wait_until(
-            lambda: http_json(router.url + "/health")[1]["workers"] == n_workers,
-            10,
-            "the router to see every worker",
-        )
+        wait_until(lambda: router_sees(router.url, n_workers), 10, "the router to see every worker")
     except BaseException:
         stop_stack(stack)
         raise

@@ -15,14 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import (
-    HttpService,
-    RedisServer,
-    http_json,
-    router_process,
-    wait_until,
-    worker_process,
-)
+from benchmarks.processes import router_sees
+from tests.processes import HttpService, RedisServer, router_process, wait_until, worker_process
 
 WORKER_ARGS = (
     "--slots",
@@ -76,11 +70,7 @@ class Fleet:
         return proc
 
     def wait_workers(self, router: HttpService, n: int, timeout_s: float = 15) -> None:
-        wait_until(
-            lambda: http_json(router.url + "/health")[1]["workers"] == n,
-            timeout_s,
-            f"the router to see {n} workers",
-        )
+        wait_until(lambda: router_sees(router.url, n), timeout_s, f"the router to see {n} workers")
 
     async def aworker(self, worker_id: str, *extra: str) -> HttpService:
         return await asyncio.to_thread(self.worker, worker_id, *extra)

@@ -1,10 +1,11 @@
 """Steady client load for the fault tests, and a strict judge of every answer.
 
-Each answer is one of:
+The requests go through the benchmarks' load generator and chat reader (benchmarks.loadgen,
+benchmarks.client); this module judges what each exchange was:
 
     ok      200 and the whole answer (a stream: every frame, ending in `data: [DONE]`)
     error   a clean OpenAI error: a 4xx/5xx (not 500) JSON error body, or a stream that ends in
-            an SSE error event then `data: [DONE]`; `streamed` says whether content came first
+            an SSE error event then `data: [DONE]`; `streamed` says whether frames came first
     hang    no end within the client's bound
     dirty   anything else: a 500, a non-OpenAI body, a connection cut without an error event
 """
@@ -13,15 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 
+from benchmarks.client import Exchange
+from benchmarks.loadgen import LoadGenerator, Requests, Sent
 from tests.processes import MODEL_ID
 
 CHAT = "/v1/chat/completions"
@@ -55,54 +56,29 @@ def _is_error_body(data: bytes) -> bool:
     return isinstance(error, dict) and {"message", "type", "param", "code"} <= set(error)
 
 
-def judge_stream(data: bytes) -> tuple[str, bool, str]:
-    """(kind, streamed, detail) of a complete 200 SSE body."""
-    frames = [f for f in data.split(b"\n\n") if f]
-    if not frames or frames[-1] != b"data: [DONE]":
-        return "dirty", bool(frames), "no [DONE] at the end"
-    for i, frame in enumerate(frames[:-1]):
-        payload = frame.removeprefix(b"data: ")
-        if _is_error_body(payload):
+def judge(done: Exchange) -> Outcome:
+    """The outcome of one exchange (see the module docstring)."""
+
+    def outcome(kind: str, streamed: bool = False, detail: str = "") -> Outcome:
+        return Outcome(kind, done.status, streamed, done.e2e_s, detail)
+
+    error = done.error
+    if error is None:
+        return outcome("ok")
+    if error == "timeout":
+        return outcome("hang")
+    kind, _, code = error.partition(":")
+    if done.status == 200:
+        if kind == "sse_error" and done.done:
             # The stream had started (the router answers only once the worker's first chunk is
             # in), so this failed after the first byte, whatever that chunk held.
-            return "error", i > 0, orjson.loads(payload)["error"]["code"] or ""
-        try:
-            orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return "dirty", True, "a frame that is not JSON"
-    return "ok", True, ""
-
-
-async def one_request(
-    session: aiohttp.ClientSession, url: str, body: bytes, *, stream: bool, bound_s: float
-) -> Outcome:
-    started = time.monotonic()
-
-    def done(kind: str, status: int, streamed: bool = False, detail: str = "") -> Outcome:
-        return Outcome(kind, status, streamed, time.monotonic() - started, detail)
-
-    try:
-        async with (
-            asyncio.timeout(bound_s),
-            session.post(
-                url + CHAT, data=body, headers={"Content-Type": "application/json"}
-            ) as resp,
-        ):
-            data = await resp.read()
-            if resp.status == 200:
-                if not stream:
-                    ok = "choices" in orjson.loads(data)
-                    return done("ok" if ok else "dirty", 200)
-                kind, streamed, detail = judge_stream(data)
-                return done(kind, 200, streamed, detail)
-            if resp.status != 500 and _is_error_body(data):
-                code = orjson.loads(data)["error"]["code"] or ""
-                return done("error", resp.status, detail=str(code))
-            return done("dirty", resp.status, detail=data[:200].decode(errors="replace"))
-    except TimeoutError:
-        return done("hang", 0)
-    except (aiohttp.ClientError, OSError) as exc:
-        return done("dirty", 0, detail=repr(exc))
+            return outcome("error", bool(done.events_before_error), code)
+        reasons = {"no_done": "no [DONE] at the end", "bad_json": "a frame that is not JSON"}
+        return outcome("dirty", True, reasons.get(error, error))
+    if done.status not in (0, 500) and _is_error_body(done.error_body):
+        return outcome("error", detail=code)
+    sample = done.error_body[:200].decode(errors="replace")
+    return outcome("dirty", detail=sample or error)
 
 
 @dataclass
@@ -118,19 +94,16 @@ class Load:
 
     async def run(self, stop: asyncio.Event) -> None:
         body = chat_body(stream=self.stream, max_tokens=self.max_tokens)
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        url = self.url + CHAT
+        requests = Requests(url=lambda _: url, body=lambda _: body, stream=self.stream)
 
-            async def client() -> None:
-                while not stop.is_set():
-                    outcome = await one_request(
-                        session, self.url, body, stream=self.stream, bound_s=self.bound_s
-                    )
-                    self.outcomes.append(outcome)
-                    if outcome.kind != "ok":
-                        await asyncio.sleep(0.05)  # as a polite client would
+        def record(sent: Sent) -> None:
+            self.outcomes.append(judge(sent.exchange))
 
-            await asyncio.gather(*(client() for _ in range(self.concurrency)))
+        async with LoadGenerator(pool=0, timeout_s=self.bound_s) as gen:
+            await gen.closed(
+                requests, self.concurrency, stop=stop, pause_after_error_s=0.05, on_done=record
+            )
 
     def summary(self) -> dict[str, Any]:
         kinds = Counter(o.kind for o in self.outcomes)
