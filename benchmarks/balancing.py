@@ -222,11 +222,7 @@ CLI = Cli(
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parsed = CLI.parse(argv)
-    if parsed is None:
-        return 2
-    params, args = parsed
+    params, args, argv = CLI.parse(argv)
     pass_policy = "--policy" in router_flags()
     if not pass_policy:
         if set(params.policies) != {"least-loaded"}:

@@ -162,9 +162,12 @@ class Cli(Generic[P]):
     def parser(self) -> argparse.ArgumentParser:
         return scenario_parser(self.params, self.prog, self.description, self.extras)
 
-    def parse(self, argv: Sequence[str]) -> tuple[P, argparse.Namespace] | None:
-        """Parameters and flags, logging set up; None (after saying why) if rejected."""
+    def parse(self, argv: Sequence[str] | None) -> tuple[P, argparse.Namespace, list[str]]:
+        """Parameters, flags and the argv they came from (sys.argv's by default), logging set
+        up; exits 2 after saying why if the parameters are rejected."""
+        argv = list(sys.argv[1:] if argv is None else argv)
         parsed = parse_params(self.parser(), self.params, argv)
-        if parsed is not None:
-            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        return parsed
+        if parsed is None:
+            raise SystemExit(2)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        return *parsed, argv

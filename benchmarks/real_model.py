@@ -17,7 +17,6 @@ real_model.{latency,throughput}.png to --out (default benchmarks/results).
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -147,11 +146,7 @@ CLI = Cli(
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parsed = CLI.parse(argv)
-    if parsed is None:
-        return 2
-    params, args = parsed
+    params, args, argv = CLI.parse(argv)
     metadata = run_metadata(["python", "-m", "benchmarks", "real_model", *argv], args.smoke)
     runs = run_scenario(run(params, not args.no_progress))
     if runs is None:

@@ -177,14 +177,8 @@ def _latency_plot(plt: Any, path: Path, series: Sequence[Series], x_title: str) 
                     ax.plot(xs, ys, styles[pct], marker="o", color=colors[i % len(colors)],
                             label=name)  # fmt: skip
         ax.set_title(f"{title} (ms)")
-        _x_axis(ax, series, x_title)
-        ax.set_ylim(bottom=0)
-        ax.grid(True, alpha=0.3)
-        if ax.has_data():
-            ax.legend(fontsize="small")
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+        _finish_axis(ax, series, x_title)
+    return _save(plt, fig, path)
 
 
 def _throughput_plot(plt: Any, path: Path, series: Sequence[Series], x_title: str) -> Path:
@@ -201,11 +195,19 @@ def _throughput_plot(plt: Any, path: Path, series: Sequence[Series], x_title: st
     axes[0].set_title("requests/s")
     axes[1].set_title("output tokens/s")
     for ax in axes:
-        _x_axis(ax, series, x_title)
-        ax.set_ylim(bottom=0)
-        ax.grid(True, alpha=0.3)
-        if ax.has_data():
-            ax.legend(fontsize="small")
+        _finish_axis(ax, series, x_title)
+    return _save(plt, fig, path)
+
+
+def _finish_axis(ax: Any, series: Sequence[Series], x_title: str) -> None:
+    _x_axis(ax, series, x_title)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    if ax.has_data():
+        ax.legend(fontsize="small")
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

@@ -301,11 +301,7 @@ CLI = Cli(
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parsed = CLI.parse(argv)
-    if parsed is None:
-        return 2
-    params, args = parsed
+    params, args, argv = CLI.parse(argv)
     metadata = run_metadata(["python", "-m", "benchmarks", "scale_out", *argv], args.smoke)
     levels = run_scenario(run(params))
     if levels is None:

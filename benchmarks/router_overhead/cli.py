@@ -145,11 +145,7 @@ CLI = Cli(
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parsed = CLI.parse(argv)
-    if parsed is None:
-        return 2
-    params, args = parsed
+    params, args, argv = CLI.parse(argv)
     params = replace(params, client=choose_client(params.client))
     machine = machine_info()
     git = git_revision()
