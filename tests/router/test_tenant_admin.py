@@ -124,7 +124,9 @@ async def test_key_list_revoke_and_delete(redis: Redis[bytes]) -> None:
             with pytest.raises(NotFound):
                 await operation(redis, missing)
     listed = await tenant_admin.list_keys(redis, project.project_id)
-    assert [k.key_id for k in listed] == [kept.record.key_id, revoked.record.key_id]
+    # Oldest first; keys minted in the same millisecond are ordered by id.
+    expected = sorted([kept.record, revoked.record], key=lambda r: (r.created_ms, r.key_id))
+    assert [k.key_id for k in listed] == [r.key_id for r in expected]
 
 
 async def test_delete_project_leaves_nothing(redis: Redis[bytes]) -> None:
