@@ -4,7 +4,7 @@ N sequences share one model and one context (the same context the batched engine
 prompts are prefilled together, then each step is ONE llama_decode carrying the next token of
 every sequence followed by an argmax per sequence, and nothing else: no sampler chain, no
 detokenising, no stop strings, no queues, no event loop. Aggregate decode tokens/s over N is
-what a batched engine can approach; benchmarks/batched.py reports the engine against it.
+what a batched engine can approach; benchmarks/batched/ reports the engine against it.
 
     python -m benchmarks.bare_loop --model PATH [--n-gpu-layers 99] [--threads 2] [--seqs 1,4,8,16]
 """

@@ -2,7 +2,7 @@
 # Runs ON the GPU machine, from the repo root, with .gpu/ carried (benchmarks/gpu/make_carry.sh):
 # builds llama-cpp-python 0.3.36 with CUDA into /tmp/site (~4 min), then measures with every
 # layer on the GPU (same-shape SmolLM2-135M): the bare loop (split and unified KV), the single-
-# sequence and the batched engine at concurrency 1,4,8,16 (benchmarks/batched.py), and the
+# sequence and the batched engine at concurrency 1,4,8,16 (benchmarks/batched/), and the
 # batched engine with a unified KV cache. Results (JSON, Markdown, logs) go to $OUT.
 #   GIT_REV=<rev> bash benchmarks/gpu/run.sh       # on the GPU machine: ~4 min build + ~2 min
 #   bash benchmarks/gpu/run.sh --dry-run-cpu       # here: no build, CPU, small sizes
