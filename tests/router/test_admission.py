@@ -17,7 +17,7 @@ from router.appkeys import ADMISSION, VIEW
 from tests.waits import eventually
 
 from .fakes import MODEL, STREAM_FRAMES, TTL_MS, RouterFactory, StartWorker, make_record
-from .test_app import CHAT, JSON_HEADERS, app_of, chat_body, error_of, sample
+from .test_handlers import CHAT, JSON_HEADERS, app_of, chat_body, error_of, sample
 
 
 async def test_no_more_than_slots_per_worker_and_the_rest_wait_in_order(

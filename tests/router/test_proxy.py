@@ -29,7 +29,7 @@ from router.upstream import FAILED_PENALTY
 from router.view import RegistryView
 
 from .fakes import MODEL, PLAIN_BODY, STREAM_FRAMES, FakeWorker, free_port, make_record
-from .test_app import chat_body, error_of
+from .test_handlers import chat_body, error_of
 
 CHAT = "/v1/chat/completions"
 USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -130,24 +128,3 @@ def test_normalisers() -> None:
         ).redis_url
         == "redis://w"
     )
-
-
-def test_python_m_worker_help_lists_every_option_with_its_variable_and_default() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "worker", "--help"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    text = " ".join(done.stdout.split())
-    options = {("--" + f.name.replace("_", "-"), "WORKER_" + f.name.upper()) for f in FIELDS}
-    assert {o for o in options if o[0] in text and o[1] in text} == options
-    for shown in (
-        "REDIS_URL or REDIS_URL; required",
-        "N_CTX; default 4096",
-        "N_THREADS; default auto",
-    ):
-        assert "WORKER_" + shown in text
-    assert "WORKER_ENGINE; default llama" in text

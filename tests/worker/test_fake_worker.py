@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
 import io
-import signal
-import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from contract.registry import WorkerState, read_snapshot, worker_key
 from contract.wire import Message, SamplingParams
-from tests.processes import MODEL_ID, http_json, wait_until, worker_process
 from tests.waits import eventually
 from worker import appkeys
 from worker.engine import Finished
@@ -409,42 +403,3 @@ async def test_worker_serves_while_redis_is_down(start_worker: StartWorker) -> N
     assert (await health(client))["status"] == "ok"
     resp = await client.post(CHAT, json=chat(max_tokens=1))
     assert resp.status == 200
-
-
-def test_sigterm_drains_in_flight_stream_then_exits(tmp_path: Path, redis_url: str) -> None:
-    """The real CLI: SIGTERM lets the stream finish, deregisters, and exits 0."""
-    worker = worker_process(
-        tmp_path, redis_url, "w-sigterm", engine="fake", extra=("--fake-tokens-per-s", "20")
-    )
-    worker.start()
-    try:
-        worker.wait_healthy(timeout_s=20)
-        redis = SyncRedis.from_url(redis_url)
-        assert redis.exists(worker_key("w-sigterm")) == 1
-        body: dict[str, bytes] = {}
-
-        def stream() -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=10)
-            payload = orjson.dumps({**chat(stream=True, max_tokens=10), "model": MODEL_ID})
-            try:
-                conn.request(
-                    "POST", CHAT, body=payload, headers={"Content-Type": "application/json"}
-                )
-                body["raw"] = conn.getresponse().read()
-            finally:
-                conn.close()
-
-        client = threading.Thread(target=stream)
-        client.start()
-        wait_until(lambda: http_json(worker.url + "/health")[1]["running"] == 1, 5, "running")
-        worker.signal(signal.SIGTERM)
-        wait_until(lambda: http_json(worker.url + "/health")[0] == 503, 5, "draining")
-        client.join(10)
-        assert body["raw"].endswith(b"data: [DONE]\n\n")
-        assert body["raw"].count(b'"content":" ') == 10
-        assert worker.proc is not None
-        assert worker.proc.wait(10) == 0
-        assert redis.exists(worker_key("w-sigterm")) == 0
-        redis.close()
-    finally:
-        worker.stop()
