@@ -17,6 +17,7 @@ from contract.sse import USAGE_TRAILER_HEADER
 from router.metrics import ChatSeries
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
+JSON: Final = "application/json"
 
 
 class TokenMeter:
@@ -46,7 +47,6 @@ class Exchange:
         self,
         *,
         body: bytes,
-        content_type: str,
         request_id: str,
         model: str,
         series: ChatSeries,
@@ -62,7 +62,8 @@ class Exchange:
         self.rate_headers: Final = rate_headers  # added to the client's response
         # None unless the key has a tokens-per-minute limit: then the worker is asked for usage.
         self.meter: Final = meter
-        headers = {hdrs.CONTENT_TYPE: content_type, REQUEST_ID_HEADER: request_id}
+        # The body parsed as JSON, whatever the client's Content-Type said: say so upstream.
+        headers = {hdrs.CONTENT_TYPE: JSON, REQUEST_ID_HEADER: request_id}
         if meter is not None:
             headers[USAGE_TRAILER_HEADER] = "1"
         self.upstream_headers: Final[Mapping[str, str]] = headers  # every attempt sends these

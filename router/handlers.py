@@ -10,7 +10,7 @@ import orjson
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from contract.errors import ApiError, ModelNotFound, UnsupportedMediaType
+from contract.errors import ApiError, ModelNotFound
 from contract.telemetry import status_class
 from contract.wire import model_object, parse_chat_request
 from router.access import OPEN
@@ -44,7 +44,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     scope = OPEN
     try:
         scope = await access.scope(request)  # the key first: 401 before anything else
-        content_type = _json_content_type(request)
         config = app[CONFIG]
         body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
         chat = parse_chat_request(body)  # the one parse; `body` goes upstream unchanged
@@ -59,7 +58,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         meter = TokenMeter() if limited else None
         exchange = Exchange(
             body=body,
-            content_type=content_type,
             request_id=request[REQUEST_ID],
             model=model,
             series=series,
@@ -89,18 +87,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         project = scope.project_id or NO_PROJECT
         endpoint = scope.endpoint.name if scope.endpoint else ""
         metrics.project_requests.labels(project, endpoint, status_class(status)).inc()
-
-
-def _json_content_type(request: web.Request) -> str:
-    """The Content-Type to forward: JSON, or absent (taken as JSON); anything else is 415."""
-    value = request.headers.get(hdrs.CONTENT_TYPE)
-    if value is None:
-        return JSON
-    if value == JSON or value.partition(";")[0].strip().lower() == JSON:
-        return value
-    raise UnsupportedMediaType(
-        f"Unsupported Content-Type {value.partition(';')[0]!r}; send application/json."
-    )
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:

@@ -133,11 +133,28 @@ async def test_invalid_request_is_400_with_param(
     assert (error["type"], error["param"]) == ("invalid_request_error", param)
 
 
-async def test_wrong_content_type_is_415(start_router: RouterFactory) -> None:
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/json", None]
+)
+async def test_a_json_body_is_json_whatever_its_content_type(
+    start_worker: StartWorker, start_router: RouterFactory, content_type: str | None
+) -> None:
+    worker = await start_worker("w1")
     client = await start_router()
-    resp = await client.post(CHAT, data=chat_body(), headers={"Content-Type": "text/plain"})
-    assert resp.status == 415
-    assert (await error_of(resp))["code"] == "unsupported_media_type"
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    resp = await client.post(
+        CHAT, data=chat_body(), headers=headers, skip_auto_headers=["Content-Type"]
+    )
+    assert resp.status == 200
+    assert worker.headers[-1]["Content-Type"] == "application/json"
+
+
+async def test_a_form_body_that_is_not_json_is_400(start_router: RouterFactory) -> None:
+    client = await start_router()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    resp = await client.post(CHAT, data=b"model=m&messages=hi", headers=form)
+    assert resp.status == 400
+    assert (await error_of(resp))["message"].startswith("We could not parse the JSON body")
 
 
 async def test_body_over_the_limit_is_413(start_router: RouterFactory) -> None:

@@ -76,7 +76,6 @@ def front(aiohttp_client: AiohttpClient) -> FrontFactory:
                 meters.append(meter)
             exchange = Exchange(
                 body=await request.read(),
-                content_type="application/json",
                 request_id="req-1",
                 model=MODEL,
                 series=metrics.chat_series(MODEL, False),
