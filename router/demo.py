@@ -13,8 +13,10 @@ import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
+
+import orjson
 
 from contract.errors import AuthenticationFailed
 from router import tenant_admin
@@ -146,15 +148,30 @@ def _save_env(path: Path, result: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
+# The first request a newcomer sends: with a system message and temperature 0 the default model
+# (SmolLM2-135M) answers it in one short, correct sentence; without them it wanders.
+EXAMPLE_MESSAGES: Final = (
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+)
+
+
+def example_messages() -> str:
+    """The example's messages as a Python (and JSON) literal in double quotes, for shell lines."""
+    return orjson.dumps(list(EXAMPLE_MESSAGES)).decode()
+
+
+def example_body(model: str) -> str:
+    """The JSON body of the example chat request, as a shell's single-quoted argument."""
+    body = {"model": model, "messages": list(EXAMPLE_MESSAGES), "temperature": 0}
+    return shlex.quote(orjson.dumps(body).decode())
+
+
 def render(result: dict[str, Any]) -> str:
     """What was made, the key, and how to call each kind of URL (curl and the openai SDK)."""
     key, model = result["key"], result["models"][0]
     auth = f'-H "Authorization: Bearer {key}"'
-    body = (
-        "-H 'Content-Type: application/json' "
-        f'-d \'{{"model": "{model}", "messages": [{{"role": "user", '
-        '"content": "Hello"}]}\''
-    )
+    body = f"-H 'Content-Type: application/json' -d {example_body(model)}"
     state = "created" if result["project_created"] else "existing"
     saved = f" (saved in {result['env_file']})" if result["env_file"] else ""
     lines = [
@@ -193,6 +210,6 @@ def render(result: dict[str, Any]) -> str:
         "Python:",
         f"  client = openai.OpenAI(base_url={path_url!r}, api_key={key!r})",
         f"  client.chat.completions.create(model={model!r}, "
-        "messages=[{'role': 'user', 'content': 'Hello'}])",
+        f"messages={example_messages()}, temperature=0)",
     ]
     return "\n".join(lines)

@@ -52,6 +52,7 @@ from deploy.local.processes import (
 )
 from deploy.local.render import nginx_conf, prometheus_yml
 from deploy.local.spec import StackError, StackSpec, load_stack
+from router.demo import example_body, example_messages
 
 REPO = Path(__file__).resolve().parent.parent.parent
 DEFAULT_STACK = REPO / "deploy" / "local" / "stack.toml"
@@ -210,11 +211,11 @@ Demo project {project}, endpoint "chat", API key (also in {run_dir}/demo.env; sh
   {key}
   curl -s {base}/chat/completions -H "Authorization: Bearer {key}" \\
     -H 'Content-Type: application/json' \\
-    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Capital of France?"}}]}}'
+    -d {example_body(model)}
   python3 -c 'import openai; \
 c = openai.OpenAI(base_url="{path_base}", api_key="{key}"); \
-print(c.chat.completions.create(model="{model}", \
-messages=[{{"role": "user", "content": "Hi"}}]).choices[0].message.content)'
+print(c.chat.completions.create(model="{model}", temperature=0, \
+messages={example_messages()}).choices[0].message.content)'
   DNS-based: base_url http://chat.{project.lower()}.api.localtest:{spec.nginx_port}/v1
 Status: deploy/local/stack.sh status    Stop: deploy/local/stack.sh down"""
     )
