@@ -2,7 +2,8 @@
 
 Validation follows OpenAI's bounds and error shape (400 invalid_request_error with `param`), so
 a bad request is refused the same way whether it reaches the router or a worker directly.
-Unknown keys are ignored, as OpenAI-compatible servers commonly do. Pure: no aiohttp, no redis.
+Fields this service cannot honour are refused (contract.conformance); unknown keys are ignored,
+as OpenAI-compatible servers commonly do. Pure: no aiohttp, no redis.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ from typing import Any, Final
 
 import orjson
 
+from contract.conformance import refuse_unsupported
 from contract.errors import InvalidRequest
+from contract.formats import ResponseFormat, parse_response_format
 
 ROLES = frozenset({"system", "developer", "user", "assistant"})
+# Content parts OpenAI defines for images, sound and files: well formed, but not for a text model.
+MEDIA_PARTS = frozenset({"image_url", "input_audio", "file"})
 MAX_STOP = 4
 MAX_TOKENS_LIMIT = 2**31 - 1
 SEED_LIMIT = 2**63
@@ -37,6 +42,7 @@ class SamplingParams:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    response_format: ResponseFormat | None = None  # None: free text
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +77,7 @@ def chat_request_from_dict(data: dict[str, Any]) -> ChatRequest:
         raise InvalidRequest("you must provide a model parameter", param="model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' must be a non-empty string.", param="model")
+    refuse_unsupported(data)
 
     stream = _optional_bool(data, "stream") or False
     include_usage = False
@@ -113,6 +120,7 @@ def chat_request_from_dict(data: dict[str, Any]) -> ChatRequest:
             seed=seed,
             presence_penalty=presence or 0.0,
             frequency_penalty=frequency or 0.0,
+            response_format=parse_response_format(data.get("response_format")),
         ),
     )
 
@@ -161,7 +169,14 @@ def _content(raw: Any, role: str, where: str) -> str:
         at = f"{where}.content[{j}]"
         if not isinstance(part, dict):
             raise InvalidRequest(f"'{at}' must be an object.", param=at)
-        if part.get("type") != "text":
+        kind = part.get("type")
+        if isinstance(kind, str) and kind in MEDIA_PARTS:
+            raise InvalidRequest(
+                f"This model takes text only: '{at}' is of type {kind!r}, which it cannot read.",
+                param=f"{at}.type",
+                code="unsupported_content_type",
+            )
+        if kind != "text":
             raise InvalidRequest(
                 f"Invalid value for '{at}.type': only 'text' content parts are supported.",
                 param=f"{at}.type",

@@ -38,6 +38,7 @@ def build_engine(config: WorkerConfig) -> Engine:
             tokens_per_s=config.fake_tokens_per_s,
             n_ctx=config.n_ctx,
             slots=config.slots,
+            default_max_tokens=config.default_max_tokens or None,
         )
     if config.model_path is None:
         raise ValueError(f"the {config.engine} engine needs a model path")
@@ -51,6 +52,7 @@ def build_engine(config: WorkerConfig) -> Engine:
             n_gpu_layers=config.n_gpu_layers,
             n_threads=config.n_threads,
             slots=config.slots,
+            default_max_tokens=config.default_max_tokens or None,
         )
         return engine
     from worker.llama_engine import LlamaEngine
@@ -66,6 +68,7 @@ def build_engine(config: WorkerConfig) -> Engine:
         n_ctx=config.n_ctx,
         n_gpu_layers=config.n_gpu_layers,
         n_threads=config.n_threads,
+        default_max_tokens=config.default_max_tokens or None,
     )
 
 

@@ -47,7 +47,7 @@ from typing import Any
 import llama_cpp
 
 from contract.wire import Message, SamplingParams
-from worker.engine import EngineStopped, Finished, check_prompt, relay
+from worker.engine import EngineStopped, Finished, check_prompt, relay, with_default_length
 from worker.llama_engine import ChatPrompt
 from worker.llama_native import MAX_SEQ, LoadedModel, new_context
 from worker.step_loop import Layout, Request, StepLoop
@@ -67,6 +67,7 @@ class BatchedLlamaEngine:
         slots: int = 4,
         prefill_chunk: int = 256,
         kv_unified: bool = False,
+        default_max_tokens: int | None = None,
     ) -> None:
         if not 1 <= slots <= MAX_SEQ:
             raise ValueError(f"slots must be 1..{MAX_SEQ}, got {slots}")
@@ -78,6 +79,7 @@ class BatchedLlamaEngine:
         )
         self._n_gpu_layers = n_gpu_layers
         self._n_threads = n_threads
+        self._default_max_tokens = default_max_tokens  # None: until end of generation
         self._model: LoadedModel | None = None
         self._chat: ChatPrompt | None = None
         self._ctx: Any = None
@@ -151,6 +153,10 @@ class BatchedLlamaEngine:
             raise EngineStopped()
         prompt = await asyncio.to_thread(chat.prompt_tokens, messages)
         check_prompt(len(prompt), self.n_ctx)
+        params = with_default_length(params, self._default_max_tokens)
+        if params.response_format is not None:
+            # Converted (or refused) here, off the inference thread; the step loop hits the cache.
+            await asyncio.to_thread(chat.grammar, params.response_format)
         request = Request(prompt, params, asyncio.get_running_loop(), asyncio.Queue())
         if self._closed:
             raise EngineStopped()

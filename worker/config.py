@@ -74,6 +74,13 @@ class WorkerConfig:
     )
     n_gpu_layers: int = field(default=0, metadata=meta("layers to offload to the GPU; -1 for all"))
     n_ctx: int = field(default=4096, metadata=meta("context length in tokens"))
+    default_max_tokens: int = field(
+        default=512,
+        metadata=meta(
+            "longest answer when a request names no max_tokens; 0: until the model stops or "
+            "the context is full"
+        ),
+    )
     n_threads: int | None = field(
         default=None, metadata=meta("CPU threads for inference; auto: llama.cpp's choice")
     )
@@ -109,6 +116,7 @@ class WorkerConfig:
         _check(1 <= self.port <= 65535, "port: expected 1..65535")
         _check(self.n_gpu_layers >= -1, "n_gpu_layers: expected >= -1")
         _check(self.n_ctx >= 16, "n_ctx: expected >= 16")
+        _check(self.default_max_tokens >= 0, "default_max_tokens: expected >= 0")
         _check(self.n_threads is None or self.n_threads >= 1, "n_threads: expected >= 1")
         _check(self.slots >= 1, "slots: expected >= 1")
         _check(self.max_queue >= 0, "max_queue: expected >= 0")

@@ -18,6 +18,7 @@ Contract every engine keeps:
     EngineError
     ├── PromptTooLong     the prompt's tokens do not fit the context
     ├── InvalidPrompt     the messages cannot become a prompt (template refusal, empty prompt)
+    ├── UnsupportedFormat the response_format asks for what the grammar cannot enforce
     └── EngineStopped     the engine is not loaded, is closing, or its thread has stopped
 
 Anything else an engine raises is a failure of the engine itself.
@@ -28,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from contract.wire import Message, SamplingParams
@@ -60,6 +61,12 @@ class InvalidPrompt(EngineError):
         self.message = message
 
 
+class UnsupportedFormat(EngineError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 class EngineStopped(EngineError):
     def __init__(self, message: str = "The engine is not running.") -> None:
         super().__init__(message)
@@ -72,6 +79,13 @@ def check_prompt(prompt_tokens: int, n_ctx: int) -> None:
         raise PromptTooLong(n_ctx, prompt_tokens)
     if not prompt_tokens:
         raise InvalidPrompt("The messages rendered to an empty prompt.")
+
+
+def with_default_length(params: SamplingParams, default_max_tokens: int | None) -> SamplingParams:
+    """`params`, bounded by the worker's default answer length when the request names none."""
+    if params.max_tokens is not None or default_max_tokens is None:
+        return params
+    return replace(params, max_tokens=default_max_tokens)
 
 
 def completion_limit(n_ctx: int, prompt_tokens: int, max_tokens: int | None) -> int:

@@ -28,9 +28,16 @@ def count_prompt_tokens(messages: Sequence[Message]) -> int:
 
 class FakeEngine:
     def __init__(
-        self, *, ttft_ms: float, tokens_per_s: float, n_ctx: int = 4096, slots: int = 1
+        self,
+        *,
+        ttft_ms: float,
+        tokens_per_s: float,
+        n_ctx: int = 4096,
+        slots: int = 1,
+        default_max_tokens: int | None = None,
     ) -> None:
         self._ttft_s = max(0.0, ttft_ms) / 1000
+        self._default_max_tokens = default_max_tokens  # None: the natural length only
         self._gap_s = 1 / tokens_per_s if tokens_per_s > 0 else 0.0
         self.n_ctx: Final = n_ctx
         self.slots: Final = slots
@@ -53,7 +60,8 @@ class FakeEngine:
         room = self.n_ctx - prompt_tokens
         final: FinishReason
         if params.max_tokens is None:
-            limit = min(NATURAL_LENGTH, room)
+            natural = min(NATURAL_LENGTH, self._default_max_tokens or NATURAL_LENGTH)
+            limit = min(natural, room)
             final = "stop" if limit == NATURAL_LENGTH else "length"
         else:
             limit, final = min(params.max_tokens, room), "length"

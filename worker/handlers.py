@@ -29,7 +29,14 @@ from contract.errors import (
 from contract.wire import ChatRequest, model_object, parse_chat_request
 from worker import appkeys
 from worker.completions import ChunkWriter, completion, new_completion_id
-from worker.engine import EngineError, EngineStopped, Finished, InvalidPrompt, PromptTooLong
+from worker.engine import (
+    EngineError,
+    EngineStopped,
+    Finished,
+    InvalidPrompt,
+    PromptTooLong,
+    UnsupportedFormat,
+)
 from worker.metrics import CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
@@ -96,6 +103,8 @@ def engine_api_error(exc: EngineError) -> ApiError:
         )
     if isinstance(exc, InvalidPrompt):
         return InvalidRequest(exc.message, param="messages")
+    if isinstance(exc, UnsupportedFormat):
+        return InvalidRequest(exc.message, param="response_format")
     if isinstance(exc, EngineStopped):
         return ServiceUnavailable(exc.message)
     return ApiError(str(exc))

@@ -17,6 +17,8 @@ Generation is driven here rather than through `create_chat_completion` so that:
 
 Sampling follows OpenAI's knobs only: temperature (0 = greedy), top_p, presence and frequency
 penalties, seed; llama.cpp's extra filters (top_k, min_p, repeat penalty) are switched off.
+A `response_format` adds a grammar (worker.grammar) to the sampler chain, so only tokens that
+keep the answer valid JSON (of the schema) can be drawn.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from contextlib import aclosing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from contract.formats import ResponseFormat
 from contract.wire import Message, SamplingParams
 from worker.engine import (
     EngineStopped,
@@ -43,12 +46,14 @@ from worker.engine import (
     check_prompt,
     completion_limit,
     relay,
+    with_default_length,
 )
 from worker.stops import StopMatcher
 
 if TYPE_CHECKING:
     from jinja2 import Template
     from llama_cpp import Llama
+    from llama_cpp.llama_grammar import LlamaGrammar
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +71,17 @@ LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
 
 class LlamaEngine:
     def __init__(
-        self, model_path: str, *, n_ctx: int, n_gpu_layers: int, n_threads: int | None
+        self,
+        model_path: str,
+        *,
+        n_ctx: int,
+        n_gpu_layers: int,
+        n_threads: int | None,
+        default_max_tokens: int | None = None,
     ) -> None:
         self._model_path = model_path
         self._n_ctx = n_ctx
+        self._default_max_tokens = default_max_tokens  # None: until end of generation
         self._n_gpu_layers = n_gpu_layers
         self._n_threads = n_threads
         # One thread: llama.cpp contexts are not thread-safe, and it serialises requests.
@@ -110,6 +122,7 @@ class LlamaEngine:
         model = self._model
         if model is None:
             raise EngineStopped()
+        params = with_default_length(params, self._default_max_tokens)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Item] = asyncio.Queue()
         cancel = threading.Event()
@@ -157,10 +170,15 @@ class ChatPrompt:
     def __init__(self, llm: Llama, n_ctx: int) -> None:
         import jinja2
         import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        from worker.grammar import GrammarCache
 
         self._llm = llm
         self._lib = llama_cpp
         self._vocab = llm._model.vocab
+        self._grammars = GrammarCache(self._vocab)
+        self._new_grammar = LlamaGrammar.from_string
         self._n_ctx = n_ctx
         self._bos = llm.token_bos()
         self._add_bos = bool(llm._model.add_bos_token()) and self._bos != -1
@@ -197,6 +215,10 @@ class ChatPrompt:
             del tokens[0]
         return tokens
 
+    def grammar(self, fmt: ResponseFormat | None) -> str | None:
+        """The GBNF grammar `fmt` asks for, None for free text; raises UnsupportedFormat."""
+        return None if fmt is None else self._grammars.get(fmt)
+
     def run(
         self,
         messages: Sequence[Message],
@@ -208,9 +230,11 @@ class ChatPrompt:
         try:
             if cancel.is_set():
                 return
+            grammar = self.grammar(params.response_format)
             prompt = self.prompt_tokens(messages)
             check_prompt(len(prompt), self._n_ctx)
-            finished = self._generate(prompt, params, emit, cancel)
+            constraint = None if grammar is None else self._new_grammar(grammar)
+            finished = self._generate(prompt, params, constraint, emit, cancel)
             if finished is not None:
                 emit(finished)
         except Exception as exc:
@@ -220,6 +244,7 @@ class ChatPrompt:
         self,
         prompt: list[int],
         params: SamplingParams,
+        grammar: LlamaGrammar | None,
         emit: Callable[[Item], None],
         cancel: threading.Event,
     ) -> Finished | None:
@@ -246,6 +271,7 @@ class ChatPrompt:
             repeat_penalty=1.0,
             frequency_penalty=params.frequency_penalty,
             presence_penalty=params.presence_penalty,
+            grammar=grammar,
         )
         try:
             for token in tokens:

@@ -66,21 +66,25 @@ def put_token(batch: Any, i: int, token: int, pos: int, seq_id: int, logits: boo
     batch.logits[i] = logits
 
 
-def new_sampler(params: SamplingParams, n_vocab: int) -> Any:
+def new_sampler(params: SamplingParams, n_vocab: int, grammar: Any = None) -> Any:
     """LlamaEngine's sampler chain, less its no-op links; free with llama_sampler_free. None
-    for plain greedy decoding, which needs no sampler (first highest logit, as llama.cpp's)."""
-    if params.temperature == 0 and not (params.presence_penalty or params.frequency_penalty):
+    for plain greedy decoding, which needs no sampler (first highest logit, as llama.cpp's).
+    A `grammar` sampler goes where LlamaEngine's goes, after the penalties; the chain owns it."""
+    penalised = params.presence_penalty or params.frequency_penalty
+    if params.temperature == 0 and not penalised and grammar is None:
         return None
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
 
     def add(sampler: Any) -> None:
         llama_cpp.llama_sampler_chain_add(chain, sampler)
 
-    if params.presence_penalty or params.frequency_penalty:
+    if penalised:
         penalties = llama_cpp.llama_sampler_init_penalties(
             n_vocab, PENALTY_LAST_N, 1.0, params.frequency_penalty, params.presence_penalty
         )
         add(penalties)
+    if grammar is not None:
+        add(grammar)
     if params.temperature == 0:
         add(llama_cpp.llama_sampler_init_greedy())
         return chain

@@ -21,7 +21,15 @@ import llama_cpp
 import numpy as np
 
 from contract.wire import SamplingParams
-from worker.engine import EngineStopped, Finished, FinishReason, Item, completion_limit
+from worker.engine import (
+    EngineStopped,
+    Finished,
+    FinishReason,
+    Item,
+    UnsupportedFormat,
+    completion_limit,
+)
+from worker.grammar import TokenCheck, new_grammar_sampler
 from worker.llama_engine import ChatPrompt
 from worker.llama_native import LoadedModel, new_sampler, put_token
 from worker.stops import StopMatcher
@@ -50,6 +58,7 @@ class Generation:
     request: Request
     seq_id: int
     sampler: Any  # llama_sampler_p, freed on release; None: greedy, an argmax of the logits
+    grammar: Any  # greedy with a grammar: the chain's grammar link, to vet the argmax with
     limit: int  # most completion tokens it may produce
     stops: StopMatcher
     decoder: codecs.IncrementalDecoder
@@ -90,6 +99,7 @@ class StepLoop:
         self._freed_at = [0] * layout.slots  # step count when the slot was last freed
         self._steps = COMPACT_AFTER_STEPS
         self._outbox: list[tuple[Request, Item]] = []
+        self._token_check = TokenCheck()
 
     def submit(self, request: Request) -> None:
         """Queue `request` (any thread); raise EngineStopped once the loop has stopped."""
@@ -142,18 +152,36 @@ class StepLoop:
             if request.cancelled.is_set():
                 continue
             params = request.params
+            try:
+                sampler, grammar = self._sampler(params)
+            except UnsupportedFormat as exc:
+                self._send(request, exc)
+                continue
             limit = completion_limit(self._n_ctx, len(request.prompt), params.max_tokens)
             seq_id = self._by_id.index(None)
             self._by_id[seq_id] = Generation(
                 request=request,
                 seq_id=seq_id,
-                sampler=new_sampler(params, self._model.n_vocab),
+                sampler=sampler,
+                grammar=grammar,
                 limit=limit,
                 stops=StopMatcher(params.stop),
                 decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
                 fed=self._reuse(seq_id, request.prompt),
             )
         self._compact()
+
+    def _sampler(self, params: SamplingParams) -> tuple[Any, Any]:
+        """The request's sampler chain, with a grammar for its response_format (converted
+        once per schema, so at most once here per new schema); and for plain greedy decoding
+        the grammar link alone, which `_decode` asks about the argmax first."""
+        grammar = self._chat.grammar(params.response_format)
+        link = None if grammar is None else new_grammar_sampler(self._model.vocab, grammar)
+        chain = new_sampler(params, self._model.n_vocab, link)
+        plain = params.temperature == 0 and not (
+            params.presence_penalty or params.frequency_penalty
+        )
+        return chain, link if plain else None
 
     def _reuse(self, seq_id: int, prompt: list[int]) -> int:
         """Keep the slot's cached prefix of `prompt` (up to all but 2 tokens, so the rest is
@@ -250,11 +278,21 @@ class StepLoop:
             return
         for seq, index in outputs:
             if seq.sampler is None:  # what the greedy sampler picks, in a quarter of the time
-                row = llama_cpp.llama_get_logits_ith(self._ctx, index)
-                token = int(np.ctypeslib.as_array(row, shape=(self._model.n_vocab,)).argmax())
+                token = self._argmax(index)
+            elif seq.grammar is not None and self._token_check.allows(
+                seq.grammar, token := self._argmax(index)
+            ):
+                # The grammar allows the best token, so a masked argmax would pick it too; a
+                # full pass over the vocabulary is needed only when it does not.
+                llama_cpp.llama_sampler_accept(seq.sampler, token)
             else:
                 token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index)
             self._on_token(seq, token)
+
+    def _argmax(self, index: int) -> int:
+        """The first highest logit of output row `index`, as llama.cpp's greedy sampler."""
+        row = llama_cpp.llama_get_logits_ith(self._ctx, index)
+        return int(np.ctypeslib.as_array(row, shape=(self._model.n_vocab,)).argmax())
 
     def _on_token(self, seq: Generation, token: int) -> None:
         seq.completion_tokens += 1  # an end-of-generation token too: it cost a decode step

@@ -72,8 +72,8 @@ def test_every_field_is_carried_and_unknown_keys_are_ignored() -> None:
             presence_penalty=1.5,
             frequency_penalty=-1.5,
             n=1,
-            logit_bias={"1": 2},
             user="someone",
+            vendor_extension={"anything": 1},
         )
     )
     assert (request.stream, request.include_usage, request.sampling.max_tokens) == (True, True, 7)
@@ -169,8 +169,17 @@ def test_each_refusal_names_its_param_and_code(
     assert error.type == "invalid_request_error"
 
 
-def test_a_non_text_content_part_is_refused_by_its_position() -> None:
-    parts = [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}]
+@pytest.mark.parametrize("kind", ["image_url", "input_audio", "file"])
+def test_a_media_content_part_is_refused_by_its_position(kind: str) -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": kind, kind: {"url": "x"}}]
+    error = refusal(chat(messages=[{"role": "user", "content": parts}]))
+    assert (error.param, error.code) == ("messages[0].content[1].type", "unsupported_content_type")
+    assert error.message.startswith("This model takes text only:")
+
+
+@pytest.mark.parametrize("kind", ["video", None, ["text"]])
+def test_an_unknown_content_part_is_refused_by_its_position(kind: Any) -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": kind}]
     error = refusal(chat(messages=[{"role": "user", "content": parts}]))
     assert error.param == "messages[0].content[1].type"
     assert "only 'text' content parts are supported" in error.message

@@ -154,7 +154,8 @@ async def test_a_form_body_that_is_not_json_is_400(start_router: RouterFactory) 
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     resp = await client.post(CHAT, data=b"model=m&messages=hi", headers=form)
     assert resp.status == 400
-    assert (await error_of(resp))["message"].startswith("We could not parse the JSON body")
+    message = str((await error_of(resp))["message"])
+    assert message.startswith("We could not parse the JSON body")
 
 
 async def test_body_over_the_limit_is_413(start_router: RouterFactory) -> None:

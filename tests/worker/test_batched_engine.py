@@ -16,16 +16,18 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from contract.wire import Message, SamplingParams
 from worker.config import ConfigError, resolve_model_path
-from worker.engine import EngineStopped, Finished, PromptTooLong
+from worker.engine import EngineStopped, Finished, PromptTooLong, UnsupportedFormat
 from worker.handlers import engine_api_error
 from worker.llama_engine import LlamaEngine
+
+from .structured import ASK_PERSON, JSON_OBJECT, PERSON, UNSUPPORTED, check_person
 
 pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
 pytestmark = pytest.mark.llama
@@ -59,8 +61,12 @@ def ask(question: str) -> list[Message]:
 
 
 async def generate(engine: Any, question: str, params: SamplingParams) -> Output:
+    return await generate_for(engine, ask(question), params)
+
+
+async def generate_for(engine: Any, messages: Sequence[Message], params: SamplingParams) -> Output:
     deltas: list[str] = []
-    async for item in engine.stream(ask(question), params):
+    async for item in engine.stream(messages, params):
         if isinstance(item, Finished):
             return "".join(deltas), item
         deltas.append(item)
@@ -193,3 +199,45 @@ def test_advertises_its_slots(batched: BatchedLlamaEngine) -> None:
     assert batched.slots == 4
     assert batched.n_ctx == N_CTX
     assert batched.device == "cpu"
+
+
+async def test_structured_outputs_match_the_single_sequence_engine(
+    batched: BatchedLlamaEngine, reference: dict[tuple[str, SamplingParams], Output]
+) -> None:
+    """Greedy (the argmax vetted by the grammar) and seeded constrained streams, decoded next to
+    an unconstrained one, give LlamaEngine's documents; the unconstrained one is unaffected."""
+    constrained = [
+        SamplingParams(max_tokens=200, temperature=0.0, response_format=PERSON),
+        SamplingParams(max_tokens=200, temperature=0.8, seed=3, response_format=PERSON),
+        SamplingParams(max_tokens=120, temperature=0.0, response_format=JSON_OBJECT),
+    ]
+
+    async def one_at_a_time() -> list[Output]:
+        engine = LlamaEngine(MODEL_PATH, n_ctx=N_CTX, n_gpu_layers=0, n_threads=2)
+        await engine.load()
+        try:
+            return [await generate_for(engine, ASK_PERSON, p) for p in constrained]
+        finally:
+            await engine.close()
+
+    expected = await one_at_a_time()
+    *outputs, free = await asyncio.gather(
+        *(generate_for(batched, ASK_PERSON, p) for p in constrained),
+        generate(batched, QUESTIONS[0], GREEDY),
+    )
+    assert outputs == expected
+    assert free == reference[QUESTIONS[0], GREEDY]
+    for text, finished in outputs[:2]:
+        assert finished.reason == "stop"
+        check_person(text)
+    assert outputs[2][0].startswith("{")
+
+
+async def test_an_unsupported_schema_is_refused_before_any_output(
+    batched: BatchedLlamaEngine,
+) -> None:
+    with pytest.raises(UnsupportedFormat) as caught:
+        await generate_for(batched, ASK_PERSON, SamplingParams(response_format=UNSUPPORTED))
+    assert engine_api_error(caught.value).param == "response_format"
+    text, _ = await generate(batched, QUESTIONS[0], SamplingParams(max_tokens=3))
+    assert text  # the engine is unaffected

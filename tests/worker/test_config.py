@@ -35,6 +35,13 @@ def test_flags_and_defaults() -> None:
     assert config.worker_id.startswith("127.0.0.1-9100-")
     assert (config.heartbeat_interval_s, config.heartbeat_ttl_s) == (0.5, 2.0)
     assert config.model_path is None  # the fake engine needs none
+    assert config.default_max_tokens == 512
+
+
+def test_default_max_tokens_may_be_turned_off_but_not_negative() -> None:
+    assert load_config([*BASE, "--default-max-tokens", "0"], {}).default_max_tokens == 0
+    with pytest.raises(ConfigError, match="--default-max-tokens: expected >= 0"):
+        load_config([*BASE, "--default-max-tokens", "-1"], {})
 
 
 def test_environment_fills_in_and_flags_win() -> None:

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from contract.wire import SamplingParams
 from worker.engine import (
     EngineError,
     EngineStopped,
@@ -17,6 +18,7 @@ from worker.engine import (
     check_prompt,
     completion_limit,
     relay,
+    with_default_length,
 )
 
 
@@ -41,6 +43,12 @@ def test_an_empty_prompt_is_invalid_and_a_fitting_one_passes() -> None:
     with pytest.raises(InvalidPrompt, match="empty prompt"):
         check_prompt(0, 64)
     check_prompt(63, 64)  # one token of room is enough
+
+
+def test_the_default_length_applies_only_when_the_request_names_none() -> None:
+    assert with_default_length(SamplingParams(), 512).max_tokens == 512
+    assert with_default_length(SamplingParams(max_tokens=7), 512).max_tokens == 7
+    assert with_default_length(SamplingParams(), None).max_tokens is None
 
 
 def test_the_completion_limit_is_the_room_left_shortened_by_max_tokens() -> None:

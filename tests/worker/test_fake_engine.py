@@ -22,8 +22,14 @@ async def run(engine: FakeEngine, params: SamplingParams) -> tuple[str, Finished
     raise AssertionError("no Finished")
 
 
-def fake(*, n_ctx: int = 4096, slots: int = 1) -> FakeEngine:
-    return FakeEngine(ttft_ms=0, tokens_per_s=0, n_ctx=n_ctx, slots=slots)
+def fake(*, n_ctx: int = 4096, slots: int = 1, default_max_tokens: int | None = None) -> FakeEngine:
+    return FakeEngine(
+        ttft_ms=0,
+        tokens_per_s=0,
+        n_ctx=n_ctx,
+        slots=slots,
+        default_max_tokens=default_max_tokens,
+    )
 
 
 def test_prompt_tokens_are_words_plus_four_per_message() -> None:
@@ -35,6 +41,14 @@ async def test_without_max_tokens_it_stops_naturally() -> None:
     text, finished = await run(fake(), SamplingParams())
     assert finished == Finished("stop", 7, NATURAL_LENGTH)
     assert text.split() == [WORDS[i % len(WORDS)] for i in range(NATURAL_LENGTH)]
+
+
+async def test_the_workers_default_length_bounds_only_requests_that_name_none() -> None:
+    short = fake(default_max_tokens=5)
+    assert (await run(short, SamplingParams()))[1] == Finished("length", 7, 5)
+    assert (await run(short, SamplingParams(max_tokens=9)))[1] == Finished("length", 7, 9)
+    long = fake(default_max_tokens=512)  # the natural end comes first
+    assert (await run(long, SamplingParams()))[1] == Finished("stop", 7, NATURAL_LENGTH)
 
 
 async def test_max_tokens_and_a_small_context_end_with_length() -> None:

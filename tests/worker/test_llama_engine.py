@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,11 +12,20 @@ import pytest
 
 from contract.wire import Message, SamplingParams
 from worker.config import ConfigError, resolve_model_path
-from worker.engine import Finished, PromptTooLong
+from worker.engine import Finished, PromptTooLong, UnsupportedFormat
 from worker.handlers import engine_api_error
 from worker.llama_engine import LlamaEngine
 
 from .conftest import StartWorker
+from .structured import (
+    ASK_CAPITAL,
+    ASK_PERSON,
+    JSON_OBJECT,
+    PERSON,
+    PERSON_SCHEMA,
+    UNSUPPORTED,
+    check_person,
+)
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
 pytestmark = pytest.mark.llama
@@ -94,6 +104,19 @@ async def test_max_tokens_ends_with_length(engine: LlamaEngine) -> None:
     assert finished.reason == "length"
     assert finished.completion_tokens == 5
     assert deltas
+
+
+async def test_the_workers_default_length_bounds_an_answer_without_max_tokens() -> None:
+    engine = LlamaEngine(MODEL_PATH, n_ctx=512, n_gpu_layers=0, n_threads=1, default_max_tokens=3)
+    await engine.load()
+    try:
+        # A question with no system message makes SmolLM2 ramble: only the default stops it.
+        _, finished = await generate(engine, [Message("user", "Tell me a story.")], temperature=0)
+        assert (finished.reason, finished.completion_tokens) == ("length", 3)
+        _, named = await generate(engine, ask("Count to ten."), temperature=0, max_tokens=6)
+        assert named.completion_tokens == 6  # a request's own max_tokens wins
+    finally:
+        await engine.close()
 
 
 async def test_stop_string_is_held_back_and_never_emitted(engine: LlamaEngine) -> None:
@@ -189,3 +212,71 @@ async def test_worker_app_streams_from_the_real_model(start_worker: StartWorker)
     assert raw.endswith(b"data: [DONE]\n\n")
     assert b"Paris" in raw
     assert b'"finish_reason":"stop"' in raw
+
+
+async def test_a_json_schema_is_enforced_greedy_and_sampled(engine: LlamaEngine) -> None:
+    free, _ = await generate(engine, list(ASK_PERSON), temperature=0.0, max_tokens=40)
+    assert not "".join(free).startswith("{")  # unconstrained, the model writes prose
+    for temperature in (0.0, 1.0):
+        deltas, finished = await generate(
+            engine, list(ASK_PERSON), temperature=temperature, seed=3, max_tokens=200,
+            response_format=PERSON,
+        )  # fmt: skip
+        assert finished.reason == "stop"
+        person = check_person("".join(deltas))
+        assert len(deltas) > 5  # streamed as it is generated, not as one document
+        if temperature == 0:
+            assert person == {"name": "Ann", "age": 31, "address": {"city": "Paris"}}
+
+
+async def test_json_object_gives_a_json_object(engine: LlamaEngine) -> None:
+    deltas, finished = await generate(
+        engine, list(ASK_CAPITAL), temperature=0.0, max_tokens=200, response_format=JSON_OBJECT
+    )
+    assert finished.reason == "stop"
+    assert json.loads("".join(deltas)) == {"capital": "Paris"}
+
+
+async def test_a_document_cut_by_max_tokens_ends_with_length(engine: LlamaEngine) -> None:
+    deltas, finished = await generate(
+        engine, list(ASK_PERSON), temperature=0.0, max_tokens=6, response_format=PERSON
+    )
+    assert finished.reason == "length"
+    assert "".join(deltas).startswith("{")
+
+
+async def test_an_unsupported_schema_is_refused_before_any_output(engine: LlamaEngine) -> None:
+    with pytest.raises(UnsupportedFormat) as caught:
+        await generate(engine, list(ASK_PERSON), response_format=UNSUPPORTED)
+    error = engine_api_error(caught.value)
+    assert (error.status, error.param) == (400, "response_format")
+    assert "'minimum'" in error.message
+    _, finished = await generate(engine, ask("Hi"), max_tokens=2)  # the engine is unaffected
+    assert finished.completion_tokens == 2
+
+
+async def test_worker_app_streams_a_schemas_document(start_worker: StartWorker) -> None:
+    engine = LlamaEngine(MODEL_PATH, n_ctx=512, n_gpu_layers=0, n_threads=1)
+    client = await start_worker(engine)
+    body = {
+        "model": "fake-model",
+        "messages": [{"role": m.role, "content": m.content} for m in ASK_PERSON],
+        "temperature": 0,
+        "max_tokens": 200,
+        "stream": True,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": PERSON_SCHEMA, "strict": True},
+        },
+    }
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 200
+    events = [line[6:] for line in (await resp.read()).splitlines() if line.startswith(b"data: {")]
+    deltas = [json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events]
+    check_person("".join(deltas))
+
+    body["response_format"] = {"type": "json_schema", "json_schema": {"name": "n", "schema": {
+        "type": "string", "format": "email"}}}  # fmt: skip
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "response_format"
