@@ -2,7 +2,7 @@
 
 A client that sends a field we cannot honour must hear so, never get an answer that silently
 ignored it: such a field is refused with 400 `unsupported_parameter` naming it, unless its value is
-the neutral one (the default a client may send explicitly, e.g. `"logprobs": false`, `"tools": []`).
+the neutral one (the default a client may send explicitly, e.g. `"logprobs": false`).
 Fields that only label a request (`user`, `metadata`, ...) are accepted and have no effect on the
 answer. Keys that are no field of the API at all are ignored, as OpenAI-compatible servers commonly
 do (clients put vendor extensions there).
@@ -57,7 +57,9 @@ _H, _A, _R = Support.HONOURED, Support.ACCEPTED, Support.REFUSED
 
 FIELDS: Final[Mapping[str, Field]] = {
     "model": Field(_H, "the model id; routes the request"),
-    "messages": Field(_H, "roles system, developer, user, assistant; text content parts joined"),
+    "messages": Field(
+        _H, "roles system, developer, user, assistant, tool; text content parts joined"
+    ),
     "stream": Field(_H, "SSE deltas, `data: [DONE]`"),
     "stream_options": Field(_H, "`include_usage`"),
     "max_completion_tokens": Field(_H, "wins over `max_tokens`"),
@@ -70,6 +72,9 @@ FIELDS: Final[Mapping[str, Field]] = {
     "frequency_penalty": Field(_H, "-2 to 2"),
     "n": Field(_H, "1 only; other values are refused"),
     "response_format": Field(_H, "`text`, `json_object`, `json_schema` (grammar-constrained)"),
+    "tools": Field(_H, "function tools; the model's template or a generic tool prompt"),
+    "tool_choice": Field(_H, "`none`, `auto`, `required`, a named function (grammar-constrained)"),
+    "parallel_tool_calls": Field(_H, "`false`: at most one call"),
     "user": Field(_A, "a label"),
     "metadata": Field(_A, "a label"),
     "safety_identifier": Field(_A, "a label"),
@@ -77,13 +82,10 @@ FIELDS: Final[Mapping[str, Field]] = {
     "prompt_cache_retention": Field(_A, "workers keep their own prompt cache"),
     "prompt_cache_options": Field(_A, "workers keep their own prompt cache"),
     "service_tier": Field(_A, "one tier"),
-    "parallel_tool_calls": Field(_A, "meaningless without tools"),
     "store": Field(_R, "nothing is stored; `false` accepted", _false),
     "logprobs": Field(_R, "not yet; `false` accepted", _false),
     "top_logprobs": Field(_R, "not yet; `0` accepted", _zero),
     "logit_bias": Field(_R, "not yet; `{}` accepted", _empty),
-    "tools": Field(_R, "not yet; `[]` accepted", _empty),
-    "tool_choice": Field(_R, "not yet; `none` accepted", _no_tools),
     "functions": Field(_R, "deprecated tools; `[]` accepted", _empty),
     "function_call": Field(_R, "deprecated tool_choice; `none` accepted", _no_tools),
     "modalities": Field(_R, 'text only; `["text"]` accepted', _text_only),

@@ -15,9 +15,18 @@ import orjson
 
 from contract.conformance import refuse_unsupported
 from contract.errors import InvalidRequest
+from contract.fields import include_usage, require_model, stop_sequences
 from contract.formats import ResponseFormat, parse_response_format
+from contract.tools import (
+    ToolCall,
+    ToolCallFormat,
+    Tools,
+    parse_tool_calls,
+    parse_tools,
+    tool_call_id,
+)
 
-ROLES = frozenset({"system", "developer", "user", "assistant"})
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # Content parts OpenAI defines for images, sound and files: well formed, but not for a text model.
 MEDIA_PARTS = frozenset({"image_url", "input_audio", "file"})
 MAX_STOP = 4
@@ -29,6 +38,8 @@ SEED_LIMIT = 2**63
 class Message:
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
+    tool_call_id: str | None = None  # the call a tool message answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +53,9 @@ class SamplingParams:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    response_format: ResponseFormat | None = None  # None: free text
+    # None: free text; a ToolCallFormat when tool calls are forced (grammar-constrained alike).
+    response_format: ResponseFormat | ToolCallFormat | None = None
+    tools: Tools | None = None  # offered to the model; None: no tool calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,25 +85,11 @@ def parse_chat_request(body: bytes) -> ChatRequest:
 
 
 def chat_request_from_dict(data: dict[str, Any]) -> ChatRequest:
-    model = data.get("model")
-    if model is None:
-        raise InvalidRequest("you must provide a model parameter", param="model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' must be a non-empty string.", param="model")
+    model = require_model(data)
     refuse_unsupported(data)
 
     stream = _optional_bool(data, "stream") or False
-    include_usage = False
-    options = data.get("stream_options")
-    if options is not None:
-        if not stream:
-            raise InvalidRequest(
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                param="stream_options",
-            )
-        if not isinstance(options, dict):
-            raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
-        include_usage = _optional_bool(options, "include_usage", "stream_options.") or False
+    usage = include_usage(data.get("stream_options"), stream)
 
     max_tokens = _optional_int(data, "max_completion_tokens", 1, MAX_TOKENS_LIMIT)
     legacy_max = _optional_int(data, "max_tokens", 1, MAX_TOKENS_LIMIT)
@@ -106,21 +105,25 @@ def chat_request_from_dict(data: dict[str, Any]) -> ChatRequest:
     presence = _optional_number(data, "presence_penalty", -2.0, 2.0)
     frequency = _optional_number(data, "frequency_penalty", -2.0, 2.0)
     seed = _optional_int(data, "seed", -SEED_LIMIT, SEED_LIMIT - 1)
+    messages = _messages(data.get("messages"))
+    tools = parse_tools(data)
+    response_format = parse_response_format(data.get("response_format"))
 
     return ChatRequest(
         model=model,
-        messages=_messages(data.get("messages")),
+        messages=messages,
         stream=stream,
-        include_usage=include_usage,
+        include_usage=usage,
         sampling=SamplingParams(
             max_tokens=max_tokens,
             temperature=1.0 if temperature is None else temperature,
             top_p=1.0 if top_p is None else top_p,
-            stop=_stop(data.get("stop")),
+            stop=stop_sequences(data.get("stop"), MAX_STOP),
             seed=seed,
             presence_penalty=presence or 0.0,
             frequency_penalty=frequency or 0.0,
-            response_format=parse_response_format(data.get("response_format")),
+            response_format=tools.format if tools and tools.format else response_format,
+            tools=tools,
         ),
     )
 
@@ -135,6 +138,7 @@ def _messages(raw: Any) -> tuple[Message, ...]:
             "'messages' must contain at least one message.", param="messages", code="empty_array"
         )
     out = []
+    calls: set[str] = set()  # ids of the calls made so far, which tool messages answer
     for i, item in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(item, dict):
@@ -143,10 +147,22 @@ def _messages(raw: Any) -> tuple[Message, ...]:
         if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(
                 f"Invalid value for '{where}.role': expected one of 'system', 'developer', "
-                "'user', 'assistant'.",
+                "'user', 'assistant', 'tool'.",
                 param=f"{where}.role",
             )
-        out.append(Message(role=role, content=_content(item.get("content"), role, where)))
+        content = _content(item.get("content"), role, where)
+        if role == "assistant":
+            made = parse_tool_calls(item.get("tool_calls"), where)
+            calls.update(call.id for call in made)
+            out.append(Message(role, content, tool_calls=made))
+        elif role == "tool":
+            out.append(
+                Message(
+                    role, content, tool_call_id=tool_call_id(item.get("tool_call_id"), where, calls)
+                )
+            )
+        else:
+            out.append(Message(role, content))
     return tuple(out)
 
 
@@ -186,23 +202,6 @@ def _content(raw: Any, role: str, where: str) -> str:
             raise InvalidRequest(f"'{at}.text' must be a string.", param=f"{at}.text")
         texts.append(text)
     return "".join(texts)
-
-
-def _stop(raw: Any) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    if isinstance(raw, str):
-        return (raw,) if raw else ()
-    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
-        raise InvalidRequest("'stop' must be a string or an array of strings.", param="stop")
-    if len(raw) > MAX_STOP:
-        raise InvalidRequest(
-            f"Invalid 'stop': expected an array with maximum length {MAX_STOP}, but got an array "
-            f"with length {len(raw)} instead.",
-            param="stop",
-            code="array_above_max_length",
-        )
-    return tuple(s for s in raw if s)
 
 
 def _optional_bool(data: dict[str, Any], key: str, prefix: str = "") -> bool | None:

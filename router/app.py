@@ -46,6 +46,8 @@ def create_app(config: RouterConfig, *, policy: Policy | None = None) -> web.App
     # Plain and DNS-based (the Host names the endpoint), then the seed's path-based forms.
     for prefix in ("", PROJECT, PROJECT + ENDPOINT):
         app.router.add_post(prefix + "/v1/chat/completions", handlers.chat_completions)
+        app.router.add_post(prefix + "/v1/completions", handlers.completions)
+        app.router.add_post(prefix + "/v1/embeddings", handlers.embeddings)
         app.router.add_get(prefix + "/v1/models", handlers.list_models)
         app.router.add_get(prefix + "/v1/models/{model:.+}", handlers.retrieve_model)
     app.router.add_get("/health", handlers.health)

@@ -1,4 +1,4 @@
-"""One chat completion on its way through the router: what the handler hands the relay.
+"""One relayed request on its way through the router: what the handler hands the relay.
 
 The handler reads and checks the request once, then everything each attempt on a worker needs
 travels in one `Exchange`: the body as the client sent it (relayed unchanged), the headers for the
@@ -14,7 +14,8 @@ from typing import Final
 from aiohttp import hdrs
 
 from contract.sse import USAGE_TRAILER_HEADER
-from router.metrics import ChatSeries
+from router.metrics import RequestSeries
+from router.upstream import Api
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 JSON: Final = "application/json"
@@ -30,9 +31,10 @@ class TokenMeter:
 
 
 class Exchange:
-    """A chat completion from handler to relay; set once, never changed."""
+    """A request from handler to relay; set once, never changed."""
 
     __slots__ = (
+        "api",
         "arrived",
         "body",
         "meter",
@@ -49,11 +51,13 @@ class Exchange:
         body: bytes,
         request_id: str,
         model: str,
-        series: ChatSeries,
+        series: RequestSeries,
         arrived: float,
         rate_headers: Mapping[str, str],
         meter: TokenMeter | None,
+        api: Api = Api.CHAT,
     ) -> None:
+        self.api: Final = api  # which of the worker's URLs the relay posts to
         self.body: Final = body
         self.request_id: Final = request_id
         self.model: Final = model

@@ -1,17 +1,28 @@
-"""HTTP handlers: chat completions (dispatch), models, health and metrics."""
+"""HTTP handlers: the relayed endpoints (chat and text completions, embeddings), models, health
+and metrics.
+
+Every relayed endpoint runs the same `dispatch` (auth, model check, admission, relay with
+failover, metering, metrics); an `Endpoint` says only how to parse its body, which worker URL
+to post it to and its metrics label.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from typing import Any, Final
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
 
 import orjson
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from contract.embeddings import parse_embeddings_request
 from contract.errors import ApiError, ModelNotFound
 from contract.telemetry import status_class
+from contract.text import parse_text_request
 from contract.wire import model_object, parse_chat_request
 from router.access import OPEN
 from router.appkeys import ACCESS, CONFIG, METRICS, RELAY, REQUEST_ID, VIEW
@@ -19,6 +30,7 @@ from router.exchange import Exchange, TokenMeter
 from router.intake import read_body
 from router.metrics import CANCELLED, OTHER_MODEL, Rejection, Route
 from router.middleware import JSON
+from router.upstream import Api
 
 NO_PROJECT: Final = "none"  # the project label of requests without a known project
 # Refusals before any worker is involved, by status; 502/504 are upstream errors, not these.
@@ -34,11 +46,34 @@ _REJECTIONS: Final = {
 }
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+class Routable(Protocol):
+    """What dispatch reads of a parsed request."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def stream(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    route: Route  # the `endpoint` metrics label
+    api: Api  # the worker URL the body goes to, unchanged
+    parse: Callable[[bytes], Routable]  # validates the whole body, as the worker will
+
+
+CHAT: Final = Endpoint(Route.CHAT_COMPLETIONS, Api.CHAT, parse_chat_request)
+COMPLETIONS: Final = Endpoint(Route.COMPLETIONS, Api.COMPLETIONS, parse_text_request)
+EMBEDDINGS: Final = Endpoint(Route.EMBEDDINGS, Api.EMBEDDINGS, parse_embeddings_request)
+
+
+async def dispatch(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     arrived = time.perf_counter()
     app = request.app
     metrics = app[METRICS]
-    series = metrics.chat_series(OTHER_MODEL, False)
+    route = endpoint.route
+    series = metrics.series(route, OTHER_MODEL, False)
     status = 500
     access = app[ACCESS]
     scope = OPEN
@@ -46,11 +81,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         scope = await access.scope(request)  # the key first: 401 before anything else
         config = app[CONFIG]
         body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
-        chat = parse_chat_request(body)  # the one parse; `body` goes upstream unchanged
-        model = chat.model
+        parsed = endpoint.parse(body)  # the one parse; `body` goes upstream unchanged
+        model = parsed.model
         access.check_model(scope, model)
         view = app[VIEW]
-        series = metrics.chat_series(model if model in view.models else OTHER_MODEL, chat.stream)
+        series = metrics.series(
+            route, model if model in view.models else OTHER_MODEL, parsed.stream
+        )
         if not view.candidates(model):
             raise view.no_worker(model)  # before the rate limit counts the request
         decision = await access.admit(scope)
@@ -64,6 +101,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             arrived=arrived,
             rate_headers=decision.headers(),
             meter=meter,
+            api=endpoint.api,
         )
         try:
             response = await app[RELAY].forward(request, exchange)
@@ -85,8 +123,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         series.finish(status, time.perf_counter() - arrived)
         # Ids from Redis records, never from input: "none" when auth is off or the key was bad.
         project = scope.project_id or NO_PROJECT
-        endpoint = scope.endpoint.name if scope.endpoint else ""
-        metrics.project_requests.labels(project, endpoint, status_class(status)).inc()
+        named = scope.endpoint.name if scope.endpoint else ""
+        metrics.project_requests.labels(project, named, status_class(status)).inc()
+
+
+# Partials, not wrappers: no extra coroutine frame per request (aiohttp sees through them).
+chat_completions = functools.partial(dispatch, endpoint=CHAT)
+completions = functools.partial(dispatch, endpoint=COMPLETIONS)
+embeddings = functools.partial(dispatch, endpoint=EMBEDDINGS)
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:

@@ -5,10 +5,10 @@ worker id from the registry, the rest are fixed sets):
 
     router_requests_total{endpoint,model,status_class}   status_class: 2xx..5xx, or "cancelled"
     router_project_requests_total{project,project_endpoint,status_class}
-                                                          chat completions; ids come from
+                                                          relayed requests; ids come from
                                                           Redis records, project "none" when
                                                           auth is off or the key was refused
-    router_request_duration_seconds{model,stream}         chat completions, arrival to last byte
+    router_request_duration_seconds{model,stream}         relayed requests, arrival to last byte
     router_time_to_first_byte_seconds{model,stream}       arrival to the first upstream body chunk
                                                           (for a stream: the first SSE event)
     router_inter_chunk_gap_seconds{model}                 between upstream chunks of a stream
@@ -29,8 +29,11 @@ worker id from the registry, the rest are fixed sets):
     router_registry_staleness_seconds                     since the last successful full read
     router_registry_errors_total{op}                      read, events, decode
 
-Request-path series are bound once per label set and cached, so the hot path does a dict lookup
-and an observe, not a label resolution; view-derived gauges are computed at scrape time.
+Relayed requests are chat completions, text completions and embeddings (the `endpoint` label of
+router_requests_total tells them apart; an embedding model has its own `model` label, so the
+histograms do not mix its timings with chat's). Request-path series are bound once per label
+set and cached, so the hot path does a dict lookup and an observe, not a label resolution;
+view-derived gauges are computed at scrape time.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class Route(enum.StrEnum):
     """The `endpoint` label of router_requests_total."""
 
     CHAT_COMPLETIONS = "chat_completions"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
     MODELS = "models"
 
 
@@ -131,19 +136,18 @@ class ViewGauges(Protocol):
     def registry_age_s(self) -> float | None: ...
 
 
-class ChatSeries:
-    """The chat-completion series of one (model, stream) pair, pre-bound."""
+class RequestSeries:
+    """The series of one (endpoint, model, stream) triple, pre-bound."""
 
     __slots__ = ("_by_status", "_requests", "chunk_gap", "duration", "first_byte", "retries")
 
-    def __init__(self, metrics: RouterMetrics, model: str, stream: bool) -> None:
+    def __init__(self, metrics: RouterMetrics, route: Route, model: str, stream: bool) -> None:
         flag = "true" if stream else "false"
         self._requests = metrics.requests
         self.duration = metrics.request_duration.labels(model, flag)
         self.first_byte = metrics.time_to_first_byte.labels(model, flag)
         self.chunk_gap = metrics.inter_chunk_gap.labels(model)
         self.retries = metrics.upstream_retries.labels(model)
-        route = Route.CHAT_COMPLETIONS
         # Keyed by status // 100, and CANCELLED for a client that hung up.
         self._by_status: dict[int, Any] = {
             hundreds: metrics.requests.labels(route, model, status_class(hundreds * 100))
@@ -253,15 +257,19 @@ class RouterMetrics:
             ["op"],
             registry=r,
         )
-        self._series: dict[tuple[str, bool], ChatSeries] = {}
+        self._series: dict[tuple[Route, str, bool], RequestSeries] = {}
         self._view_collector: _ViewCollector | None = None
 
-    def chat_series(self, model: str, stream: bool) -> ChatSeries:
+    def series(self, route: Route, model: str, stream: bool) -> RequestSeries:
         """The series for a model label already bounded by the caller (see model_label)."""
-        series = self._series.get((model, stream))
+        key = (route, model, stream)
+        series = self._series.get(key)
         if series is None:
-            series = self._series[(model, stream)] = ChatSeries(self, model, stream)
+            series = self._series[key] = RequestSeries(self, route, model, stream)
         return series
+
+    def chat_series(self, model: str, stream: bool) -> RequestSeries:
+        return self.series(Route.CHAT_COMPLETIONS, model, stream)
 
     def watch_view(self, view: ViewGauges) -> None:
         """Export the view-derived gauges (registry size, staleness, in-flight per worker)."""

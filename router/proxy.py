@@ -1,4 +1,4 @@
-"""Relaying a chat completion to a worker and its answer back to the client.
+"""Relaying a request (chat, text completion, embeddings) to a worker and its answer back.
 
 One request, in phases, each with its own bound and its own way to fail cleanly:
 
@@ -122,7 +122,7 @@ def _body_usage(body: bytes, meter: TokenMeter) -> None:
 
 
 class Relay:
-    """Sends each chat completion to a worker that admission grants, relays the answer as it
+    """Sends each request to a worker that admission grants, relays the answer as it
     comes, and fails over to another worker only before the first byte (see above)."""
 
     def __init__(
@@ -180,7 +180,7 @@ class Relay:
             async with asyncio.timeout(self._first_token_s):
                 try:
                     response = await self._session.post(
-                        grant.upstream.chat_url,
+                        grant.upstream.urls[exchange.api],
                         data=exchange.body,
                         headers=exchange.upstream_headers,
                     )

@@ -16,6 +16,7 @@ replica's open requests to the worker: admission sends it no more than its `slot
 
 from __future__ import annotations
 
+import enum
 from typing import Final
 
 from yarl import URL
@@ -24,11 +25,23 @@ from contract.registry import WorkerRecord
 from router.breaker import Breaker
 
 FAILED_PENALTY: Final = 1_000_000
-CHAT_PATH: Final = "/v1/chat/completions"
 
 
-def chat_url(base_url: str) -> URL:
-    return URL(base_url.rstrip("/") + CHAT_PATH)
+class Api(enum.IntEnum):
+    """The worker APIs a router relays to; each indexes an Upstream's `urls`."""
+
+    CHAT = 0
+    COMPLETIONS = 1
+    EMBEDDINGS = 2
+
+
+API_PATHS: Final = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")  # by Api
+
+
+def worker_urls(base_url: str) -> tuple[URL, ...]:
+    """The worker's URL of each API, indexed by `Api`."""
+    base = base_url.rstrip("/")
+    return tuple(URL(base + path) for path in API_PATHS)
 
 
 class Upstream:
@@ -40,11 +53,11 @@ class Upstream:
         "_reported",
         "_started",
         "breaker",
-        "chat_url",
         "in_flight",
         "record",
         "seen_at",
         "slots",
+        "urls",
         "worker_id",
     )
 
@@ -52,7 +65,7 @@ class Upstream:
         self.worker_id = record.worker_id
         self.record = record
         self.seen_at = seen_at  # the view's clock, when it last saw the heartbeat advance
-        self.chat_url = chat_url(record.url)  # parsed once, not per request
+        self.urls = worker_urls(record.url)  # parsed once, not per request
         self.breaker = Breaker()
         self.slots = max(1, record.slots)
         self._reported = max(0, record.queue_depth)
@@ -78,7 +91,7 @@ class Upstream:
         self.record = record
         self.slots = max(1, record.slots)
         if record.url != old.url:
-            self.chat_url = chat_url(record.url)
+            self.urls = worker_urls(record.url)
         if record.url != old.url or record.started_ms != old.started_ms:
             self.breaker = Breaker()  # another process now: judge it afresh
         if reported:

@@ -25,6 +25,7 @@ from worker.handlers import add_routes, error_middleware
 from worker.heartbeat import REDIS_TIMEOUT_S, Heartbeat
 from worker.metrics import WorkerMetrics
 from worker.slots import SlotQueue
+from worker.text_handlers import add_text_routes
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,15 @@ def build_engine(config: WorkerConfig) -> Engine:
         )
     if config.model_path is None:
         raise ValueError(f"the {config.engine} engine needs a model path")
+    if config.embedding:
+        from worker.embedding_engine import EmbeddingEngine
+
+        return EmbeddingEngine(
+            config.model_path,
+            n_ctx=config.n_ctx,
+            n_gpu_layers=config.n_gpu_layers,
+            n_threads=config.n_threads,
+        )
     if config.engine == "batched":
         # Lazy: the batched engine is optional and pulls in llama_cpp.
         from worker.batched_engine import BatchedLlamaEngine  # type: ignore[import-not-found,unused-ignore]
@@ -138,4 +148,5 @@ def create_app(config: WorkerConfig, engine: Engine | None = None) -> web.Applic
     app.cleanup_ctx.append(registry_ctx)
     app.on_shutdown.append(drain_on_shutdown)
     add_routes(app)
+    add_text_routes(app)
     return app

@@ -40,14 +40,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
 import llama_cpp
 
-from contract.wire import Message, SamplingParams
-from worker.engine import EngineStopped, Finished, check_prompt, relay, with_default_length
+from contract.wire import SamplingParams
+from worker.engine import (
+    EngineStopped,
+    Finished,
+    Prompt,
+    check_prompt,
+    relay,
+    with_default_length,
+)
 from worker.llama_engine import ChatPrompt
 from worker.llama_native import MAX_SEQ, LoadedModel, new_context
 from worker.step_loop import Layout, Request, StepLoop
@@ -146,12 +153,12 @@ class BatchedLlamaEngine:
             self._model = self._chat = None
 
     async def stream(
-        self, messages: Sequence[Message], params: SamplingParams
+        self, messages: Prompt, params: SamplingParams
     ) -> AsyncGenerator[str | Finished, None]:
         chat, steps = self._chat, self._steps
         if chat is None or steps is None or self._closed:
             raise EngineStopped()
-        prompt = await asyncio.to_thread(chat.prompt_tokens, messages)
+        prompt = await asyncio.to_thread(chat.prompt_tokens, messages, params.tools)
         check_prompt(len(prompt), self.n_ctx)
         params = with_default_length(params, self._default_max_tokens)
         if params.response_format is not None:

@@ -1,20 +1,25 @@
-"""OpenAI chat-completion objects: the JSON response and the SSE chunks.
+"""OpenAI completion objects, chat and legacy text: the JSON response and the SSE chunks.
 
-Key order follows OpenAI's own responses, so byte-level diffs against them stay readable.
+`ChatAnswer` and `TextAnswer` are the two `worker.generation.Answer`s: how each kind of
+completion is written, whole or streamed. Key order follows OpenAI's own responses, so
+byte-level diffs against them stay readable.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import replace
 from typing import Any
 
 from contract import sse
+from contract.tools import ToolCall, Tools
 from worker.engine import Finished, FinishReason
+from worker.tools import ToolCallParser, split_answer
 
 
-def new_completion_id() -> str:
-    return "chatcmpl-" + secrets.token_hex(15)
+def new_completion_id(prefix: str = "chatcmpl-") -> str:
+    return prefix + secrets.token_hex(15)
 
 
 def usage(finished: Finished) -> dict[str, int]:
@@ -25,7 +30,24 @@ def usage(finished: Finished) -> dict[str, int]:
     }
 
 
-def completion(completion_id: str, model: str, content: str, finished: Finished) -> dict[str, Any]:
+def tool_call_object(call: ToolCall) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+def completion(
+    completion_id: str,
+    model: str,
+    content: str | None,
+    finished: Finished,
+    tool_calls: tuple[ToolCall, ...] = (),
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = [tool_call_object(call) for call in tool_calls]
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -34,7 +56,7 @@ def completion(completion_id: str, model: str, content: str, finished: Finished)
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": None},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finished.reason,
             }
@@ -58,7 +80,7 @@ class ChunkWriter:
         self._include_usage = include_usage
         self._usage_trailer = usage_trailer  # see contract.sse
 
-    def _chunk(self, delta: dict[str, str], finish_reason: FinishReason | None = None) -> bytes:
+    def _chunk(self, delta: dict[str, Any], finish_reason: FinishReason | None = None) -> bytes:
         chunk: dict[str, Any] = {
             "id": self._id,
             "object": "chat.completion.chunk",
@@ -79,6 +101,13 @@ class ChunkWriter:
     def content(self, text: str) -> bytes:
         return self._chunk({"content": text})
 
+    def tool_call(self, index: int, call: ToolCall) -> bytes:
+        """OpenAI's delta format: id, type and name first, then the arguments."""
+        head = {"index": index, **tool_call_object(call)}
+        head["function"] = {"name": call.name, "arguments": ""}
+        arguments = {"index": index, "function": {"arguments": call.arguments}}
+        return self._chunk({"tool_calls": [head]}) + self._chunk({"tool_calls": [arguments]})
+
     def finish(self, finished: Finished) -> bytes:
         """The finish chunk, then (if asked for) the usage chunk, then [DONE]."""
         frames = self._chunk({}, finished.reason)
@@ -94,6 +123,106 @@ class ChunkWriter:
                     "usage": usage(finished),
                 }
             )
+        if self._usage_trailer:
+            frames += sse.usage_trailer(usage(finished))
+        return frames + sse.DONE
+
+
+def _called(finished: Finished, called: bool) -> Finished:
+    """finish_reason "tool_calls" for an answer that called tools and ended on its own."""
+    if called and finished.reason == "stop":
+        return replace(finished, reason="tool_calls")
+    return finished
+
+
+class ChatAnswer:
+    """A chat completion: text, or tool calls parsed out of it when the request has tools."""
+
+    __slots__ = ("_calls", "_chunks", "_model", "_parser", "_tools")
+    prompt_param = "messages"
+
+    def __init__(
+        self, model: str, tools: Tools | None, *, include_usage: bool, usage_trailer: bool
+    ) -> None:
+        self._model = model
+        self._tools = tools
+        self._chunks = ChunkWriter(
+            new_completion_id(), model, include_usage=include_usage, usage_trailer=usage_trailer
+        )
+        self._parser = None if tools is None else ToolCallParser(tools)
+        self._calls = 0
+
+    def whole(self, text: str, finished: Finished) -> dict[str, Any]:
+        content: str | None = text
+        calls: tuple[ToolCall, ...] = ()
+        if self._tools is not None and text:
+            content, calls = split_answer(text, self._tools)
+        done = _called(finished, bool(calls))
+        return completion(new_completion_id(), self._model, content, done, calls)
+
+    def opening(self) -> bytes:
+        return self._chunks.role()
+
+    def feed(self, text: str) -> bytes:
+        if self._parser is None:
+            return self._chunks.content(text) if text else b""
+        return self._parsed(self._parser.feed(text))
+
+    def closing(self, finished: Finished) -> bytes:
+        held = b"" if self._parser is None else self._parsed(self._parser.finish())
+        return held + self._chunks.finish(_called(finished, self._calls > 0))
+
+    def _parsed(self, parts: list[str | ToolCall]) -> bytes:
+        frames = b""
+        for part in parts:
+            if isinstance(part, ToolCall):
+                frames += self._chunks.tool_call(self._calls, part)
+                self._calls += 1
+            elif part:
+                frames += self._chunks.content(part)
+        return frames
+
+
+class TextAnswer:
+    """A legacy text completion (`/v1/completions`): `choices[].text`, no roles, no tools."""
+
+    __slots__ = ("_created", "_id", "_include_usage", "_model", "_usage_trailer")
+    prompt_param = "prompt"
+
+    def __init__(self, model: str, *, include_usage: bool, usage_trailer: bool) -> None:
+        self._id = new_completion_id("cmpl-")
+        self._created = int(time.time())
+        self._model = model
+        self._include_usage = include_usage
+        self._usage_trailer = usage_trailer
+
+    def _object(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self._id,
+            "object": "text_completion",
+            "created": self._created,
+            "model": self._model,
+            "choices": choices,
+            "system_fingerprint": None,
+        }
+
+    @staticmethod
+    def _choice(text: str, reason: FinishReason | None) -> dict[str, Any]:
+        return {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
+
+    def whole(self, text: str, finished: Finished) -> dict[str, Any]:
+        return self._object([self._choice(text, finished.reason)]) | {"usage": usage(finished)}
+
+    def opening(self) -> bytes:
+        return b""
+
+    def feed(self, text: str) -> bytes:
+        return sse.frame(self._object([self._choice(text, None)])) if text else b""
+
+    def closing(self, finished: Finished) -> bytes:
+        frames = sse.frame(self._object([self._choice("", finished.reason)]))
+        if self._include_usage:
+            frames += sse.frame(self._object([]) | {"usage": usage(finished)})
         if self._usage_trailer:
             frames += sse.usage_trailer(usage(finished))
         return frames + sse.DONE

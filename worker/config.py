@@ -84,6 +84,10 @@ class WorkerConfig:
     n_threads: int | None = field(
         default=None, metadata=meta("CPU threads for inference; auto: llama.cpp's choice")
     )
+    embedding: bool = field(
+        default=False,
+        metadata=meta("serve POST /v1/embeddings with the model in embedding mode, not chat"),
+    )
     slots: int = field(default=1, metadata=meta("generations at once"))
     max_queue: int = field(default=64, metadata=meta("requests that may wait beyond the slots"))
     heartbeat_interval_s: float = field(default=0.5, metadata=meta("seconds between heartbeats"))
@@ -118,6 +122,7 @@ class WorkerConfig:
         _check(self.n_ctx >= 16, "n_ctx: expected >= 16")
         _check(self.default_max_tokens >= 0, "default_max_tokens: expected >= 0")
         _check(self.n_threads is None or self.n_threads >= 1, "n_threads: expected >= 1")
+        _check(not self.embedding or self.engine == "llama", "embedding: needs the llama engine")
         _check(self.slots >= 1, "slots: expected >= 1")
         _check(self.max_queue >= 0, "max_queue: expected >= 0")
         _check(self.heartbeat_interval_s > 0, "heartbeat_interval_s: expected > 0")

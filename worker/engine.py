@@ -1,9 +1,10 @@
 """The seam between the HTTP worker and whatever generates tokens.
 
-An engine turns a chat (messages + sampling parameters) into a stream of text deltas followed
-by exactly one `Finished`. Implementations: `LlamaEngine` (llama-cpp-python, one stream at a
-time), `BatchedLlamaEngine` (many streams in one context) and `FakeEngine` (fixed timing,
-deterministic text; for router tests and benchmarks only).
+An engine turns a prompt (a chat's messages, rendered with the model's template, or for a legacy
+text completion the raw prompt text) and sampling parameters into a stream of text deltas
+followed by exactly one `Finished`. Implementations: `LlamaEngine` (llama-cpp-python, one
+stream at a time), `BatchedLlamaEngine` (many streams in one context) and `FakeEngine` (fixed
+timing, deterministic text; for router tests and benchmarks only).
 
 Contract every engine keeps:
 - `stream()` raises an `EngineError` (below) before yielding anything when the prompt does not
@@ -18,7 +19,7 @@ Contract every engine keeps:
     EngineError
     ├── PromptTooLong     the prompt's tokens do not fit the context
     ├── InvalidPrompt     the messages cannot become a prompt (template refusal, empty prompt)
-    ├── UnsupportedFormat the response_format asks for what the grammar cannot enforce
+    ├── UnsupportedFormat the response_format (or forced tools) ask what the grammar cannot enforce
     └── EngineStopped     the engine is not loaded, is closing, or its thread has stopped
 
 Anything else an engine raises is a failure of the engine itself.
@@ -34,7 +35,9 @@ from typing import Literal, Protocol
 
 from contract.wire import Message, SamplingParams
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+# A chat's messages, or the raw text of a legacy completion (no chat template).
+Prompt = Sequence[Message] | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +65,12 @@ class InvalidPrompt(EngineError):
 
 
 class UnsupportedFormat(EngineError):
-    def __init__(self, message: str) -> None:
+    """`param` names the request field whose schema cannot be enforced."""
+
+    def __init__(self, message: str, param: str = "response_format") -> None:
         super().__init__(message)
         self.message = message
+        self.param = param
 
 
 class EngineStopped(EngineError):
@@ -132,8 +138,6 @@ class Engine(Protocol):
     async def close(self) -> None:
         """Stop generation threads and free the model."""
 
-    def stream(
-        self, messages: Sequence[Message], params: SamplingParams
-    ) -> AsyncIterator[str | Finished]:
+    def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[str | Finished]:
         """Text deltas as they are produced, then one Finished."""
         ...

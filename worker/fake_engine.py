@@ -4,26 +4,40 @@ Each "token" is one word with a leading space, cycling through a fixed list. Pro
 counted as whitespace-separated words plus 4 per message (a stand-in for the chat template).
 Without max_tokens the fake "reaches end of generation" after 16 tokens (finish_reason "stop"),
 so requests end the way most real ones do; an explicit max_tokens ends with "length".
+When tool calls are forced, the answer is one call of the first function with empty arguments
+(`{}`, whatever its schema), in chunks of CALL_CHUNK characters, so router tests can see calls.
 Never the default engine.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Final
 
-from contract.wire import Message, SamplingParams
-from worker.engine import Finished, FinishReason, check_prompt
+from contract.tools import ToolCallFormat
+from contract.wire import SamplingParams
+from worker.engine import Finished, FinishReason, Prompt, check_prompt
 from worker.stops import StopMatcher
 
 WORDS = ("The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog.")
+TOKENS = tuple(" " + word for word in WORDS)
 NATURAL_LENGTH = 16
 TOKENS_PER_MESSAGE = 4
+CALL_CHUNK = 8
 
 
-def count_prompt_tokens(messages: Sequence[Message]) -> int:
-    return sum(len(m.content.split()) + TOKENS_PER_MESSAGE for m in messages)
+def call_tokens(fmt: ToolCallFormat) -> tuple[str, ...]:
+    """A call of `fmt`'s first function with empty arguments, in CALL_CHUNK-character pieces."""
+    call = f'<tool_call>\n{{"name": "{fmt.functions[0].name}", "arguments": {{}}}}\n</tool_call>'
+    return tuple(call[i : i + CALL_CHUNK] for i in range(0, len(call), CALL_CHUNK))
+
+
+def count_prompt_tokens(prompt: Prompt) -> int:
+    """Words, plus TOKENS_PER_MESSAGE per message of a chat (a raw text prompt has no template)."""
+    if isinstance(prompt, str):
+        return len(prompt.split())
+    return sum(len(m.content.split()) + TOKENS_PER_MESSAGE for m in prompt)
 
 
 class FakeEngine:
@@ -52,20 +66,24 @@ class FakeEngine:
     async def close(self) -> None:
         return None
 
+    def _plan(self, params: SamplingParams, room: int) -> tuple[tuple[str, ...], int, FinishReason]:
+        """The tokens to cycle through, how many to send, and the finish reason."""
+        if isinstance(params.response_format, ToolCallFormat):
+            tokens = call_tokens(params.response_format)
+            limit = min(len(tokens), room, params.max_tokens or len(tokens))
+            return tokens, limit, "stop" if limit == len(tokens) else "length"
+        if params.max_tokens is not None:
+            return TOKENS, min(params.max_tokens, room), "length"
+        natural = min(NATURAL_LENGTH, self._default_max_tokens or NATURAL_LENGTH)
+        limit = min(natural, room)
+        return TOKENS, limit, "stop" if limit == NATURAL_LENGTH else "length"
+
     async def stream(
-        self, messages: Sequence[Message], params: SamplingParams
+        self, messages: Prompt, params: SamplingParams
     ) -> AsyncIterator[str | Finished]:
         prompt_tokens = count_prompt_tokens(messages)
         check_prompt(prompt_tokens, self.n_ctx)
-        room = self.n_ctx - prompt_tokens
-        final: FinishReason
-        if params.max_tokens is None:
-            natural = min(NATURAL_LENGTH, self._default_max_tokens or NATURAL_LENGTH)
-            limit = min(natural, room)
-            final = "stop" if limit == NATURAL_LENGTH else "length"
-        else:
-            limit, final = min(params.max_tokens, room), "length"
-
+        tokens, limit, final = self._plan(params, self.n_ctx - prompt_tokens)
         loop = asyncio.get_running_loop()
         # Sleep to absolute deadlines so the token rate does not drift under load.
         start = loop.time() + self._ttft_s
@@ -74,7 +92,7 @@ class FakeEngine:
             delay = start + i * self._gap_s - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            text, stopped = matcher.feed(" " + WORDS[i % len(WORDS)])
+            text, stopped = matcher.feed(tokens[i % len(tokens)])
             if text:
                 yield text
             if stopped:

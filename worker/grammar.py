@@ -29,6 +29,7 @@ import orjson
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from contract.formats import ResponseFormat
+from contract.tools import Function, ToolCallFormat
 from worker.engine import UnsupportedFormat
 
 CACHE_SIZE: Final = 256  # distinct schemas a worker keeps converted
@@ -44,8 +45,10 @@ STRING_FORMATS: Final = re.compile(r"date|time|date-time|uuid[1-5]?")
 JSON_CHAR: Final = r'char ::= [^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
 
 
-def format_gbnf(fmt: ResponseFormat) -> str:
+def format_gbnf(fmt: ResponseFormat | ToolCallFormat) -> str:
     """The grammar for `fmt`; UnsupportedFormat when its schema cannot be enforced."""
+    if isinstance(fmt, ToolCallFormat):
+        return tool_calls_gbnf(fmt)
     if fmt.schema is None:
         return JSON_GBNF
     return schema_gbnf(fmt.schema)
@@ -65,6 +68,64 @@ def schema_gbnf(schema_json: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@lru_cache(maxsize=CACHE_SIZE)
+def tool_calls_gbnf(fmt: ToolCallFormat) -> str:
+    """One `<tool_call>` block (or, if parallel, one or more) holding
+    `{"name": ..., "arguments": {...}}` for one of `fmt`'s functions, arguments fit its schema."""
+    try:
+        grammar = schema_gbnf(orjson.dumps(_calls_schema(fmt.functions)).decode())
+    except UnsupportedFormat as exc:
+        message = exc.message.replace("JSON schema in 'response_format'", "parameters in 'tools'")
+        raise UnsupportedFormat(message, param="tools") from None
+    body = re.sub(r"^root ::= ", "tool-call-json ::= ", grammar, count=1, flags=re.M)
+    call = r'"<tool_call>\n" tool-call-json "\n</tool_call>"'
+    more = f' ("\\n" {call})*' if fmt.parallel else ""
+    return f"root ::= {call}{more}\n{body}"
+
+
+def _calls_schema(functions: tuple[Function, ...]) -> dict[str, Any]:
+    """A JSON schema of one call of any of `functions`; their `$defs` move to the top, each
+    function's under its own prefix, as local references resolve from the root."""
+    defs: dict[str, Any] = {}
+    branches = []
+    for i, function in enumerate(functions):
+        parameters = _prefix_refs(orjson.loads(function.parameters), f"f{i}-")
+        for key in DEFINITIONS:
+            table = parameters.pop(key, None)
+            if isinstance(table, dict):
+                defs.update({f"f{i}-{name}": sub for name, sub in table.items()})
+            elif table is not None:
+                raise UnsupportedFormat(
+                    f"The parameters in 'tools' cannot be enforced: '{key}' is not an object.",
+                    param="tools",
+                )
+        branches.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": function.name}, "arguments": parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    schema: dict[str, Any] = branches[0] if len(branches) == 1 else {"anyOf": branches}
+    return {**schema, "$defs": defs} if defs else schema
+
+
+def _prefix_refs(node: Any, prefix: str) -> Any:
+    """`node` with its local definition references renamed to `#/$defs/<prefix><name>`."""
+    if isinstance(node, list):
+        return [_prefix_refs(item, prefix) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _prefix_refs(value, prefix) for key, value in node.items()}
+    ref = out.get("$ref")
+    if isinstance(ref, str):
+        for key in DEFINITIONS:
+            if ref.startswith(f"#/{key}/"):
+                out["$ref"] = f"#/$defs/{prefix}{ref[len(key) + 3 :]}"
+    return out
+
+
 class GrammarCache:
     """Grammars one model's vocabulary has parsed, by response format; any thread."""
 
@@ -73,7 +134,7 @@ class GrammarCache:
         self._parsed: set[str] = set()
         self._lock = threading.Lock()
 
-    def get(self, fmt: ResponseFormat) -> str:
+    def get(self, fmt: ResponseFormat | ToolCallFormat) -> str:
         grammar = format_gbnf(fmt)
         with self._lock:
             if grammar in self._parsed:

@@ -18,7 +18,8 @@ Generation is driven here rather than through `create_chat_completion` so that:
 Sampling follows OpenAI's knobs only: temperature (0 = greedy), top_p, presence and frequency
 penalties, seed; llama.cpp's extra filters (top_k, min_p, repeat penalty) are switched off.
 A `response_format` adds a grammar (worker.grammar) to the sampler chain, so only tokens that
-keep the answer valid JSON (of the schema) can be drawn.
+keep the answer valid JSON (of the schema) can be drawn; forced tool calls arrive the same way
+(a ToolCallFormat), and offered tools enter the prompt through worker.tools.
 """
 
 from __future__ import annotations
@@ -33,22 +34,25 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from contract.formats import ResponseFormat
-from contract.wire import Message, SamplingParams
+from contract.tools import ToolCallFormat, Tools
+from contract.wire import SamplingParams
 from worker.engine import (
     EngineStopped,
     Finished,
     FinishReason,
     InvalidPrompt,
     Item,
+    Prompt,
     check_prompt,
     completion_limit,
     relay,
     with_default_length,
 )
 from worker.stops import StopMatcher
+from worker.tools import generic_chat, native_chat, template_knows_tools
 
 if TYPE_CHECKING:
     from jinja2 import Template
@@ -64,12 +68,12 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-# Chat templates know system/user/assistant; OpenAI's newer "developer" role means system.
-ROLE_ALIASES = {"developer": "system"}
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
 
 
 class LlamaEngine:
+    slots: Final = 1  # one stream at a time; see the batched engine for more
+
     def __init__(
         self,
         model_path: str,
@@ -80,7 +84,7 @@ class LlamaEngine:
         default_max_tokens: int | None = None,
     ) -> None:
         self._model_path = model_path
-        self._n_ctx = n_ctx
+        self.n_ctx = n_ctx
         self._default_max_tokens = default_max_tokens  # None: until end of generation
         self._n_gpu_layers = n_gpu_layers
         self._n_threads = n_threads
@@ -88,20 +92,8 @@ class LlamaEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._llm: Llama | None = None
         self._model: ChatPrompt | None = None
-        self._device = "cpu"
+        self.device = "cpu"
         self._active: set[threading.Event] = set()
-
-    @property
-    def n_ctx(self) -> int:
-        return self._n_ctx
-
-    @property
-    def slots(self) -> int:
-        return 1
-
-    @property
-    def device(self) -> str:
-        return self._device
 
     async def load(self) -> None:
         loop = asyncio.get_running_loop()
@@ -116,9 +108,7 @@ class LlamaEngine:
             await asyncio.get_running_loop().run_in_executor(self._executor, llm.close)
         self._executor.shutdown(wait=False)
 
-    async def stream(
-        self, messages: Sequence[Message], params: SamplingParams
-    ) -> AsyncIterator[str | Finished]:
+    async def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[str | Finished]:
         model = self._model
         if model is None:
             raise EngineStopped()
@@ -135,7 +125,7 @@ class LlamaEngine:
 
         self._active.add(cancel)
         try:
-            loop.run_in_executor(self._executor, model.run, messages, params, emit, cancel)
+            loop.run_in_executor(self._executor, model.run, prompt, params, emit, cancel)
             async with aclosing(relay(queue, cancel)) as outputs:
                 async for item in outputs:
                     yield item
@@ -150,18 +140,18 @@ class LlamaEngine:
             kwargs.update(n_threads=self._n_threads, n_threads_batch=self._n_threads)
         llm = llama_cpp.Llama(
             model_path=self._model_path,
-            n_ctx=self._n_ctx,
+            n_ctx=self.n_ctx,
             n_gpu_layers=self._n_gpu_layers,
             verbose=False,
             **kwargs,
         )
         # llama.cpp may round the context up, but llama-cpp-python sizes its buffers to the
         # requested n_ctx, so the smaller of the two is the real limit.
-        self._n_ctx = min(self._n_ctx, llm.n_ctx())
+        self.n_ctx = min(self.n_ctx, llm.n_ctx())
         if self._n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload():
-            self._device = "gpu"
+            self.device = "gpu"
         self._llm = llm
-        self._model = ChatPrompt(llm, self._n_ctx)
+        self._model = ChatPrompt(llm, self.n_ctx)
 
 
 class ChatPrompt:
@@ -190,15 +180,29 @@ class ChatPrompt:
             logger.warning("the model has no chat template; using ChatML")
             template_source = CHATML_TEMPLATE
         self._template = _compile_template(template_source)
+        self._native_tools = template_knows_tools(template_source)
         self._template_errors = (_TemplateError, jinja2.TemplateError)
         self._template_globals = {"bos_token": bos_text, "eos_token": eos_text}
         self._piece_buffer = ctypes.create_string_buffer(256)
 
-    def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
-        chat = [{"role": ROLE_ALIASES.get(m.role, m.role), "content": m.content} for m in messages]
+    def prompt_tokens(self, messages: Prompt, tools: Tools | None = None) -> list[int]:
+        """The rendered, tokenised prompt; `tools` go through the template when it knows
+        tools, else through a generic tool prompt (worker.tools). A raw text prompt is
+        tokenised as it is, special tokens included, as llama-server does."""
+        if isinstance(messages, str):
+            return self._tokenize(messages)
+        extra: dict[str, Any] = {}
+        chat: Sequence[dict[str, Any]]
+        if self._native_tools:
+            chat, tool_list = native_chat(messages, tools)
+            if tool_list is not None:
+                extra["tools"] = tool_list
+        else:
+            chat = generic_chat(messages, tools)
         try:
             prompt = self._template.render(
                 messages=chat,
+                **extra,
                 add_generation_prompt=True,
                 raise_exception=_raise_template_error,
                 strftime_now=_strftime_now,
@@ -207,21 +211,25 @@ class ChatPrompt:
         except self._template_errors as exc:
             message = f"The model's chat template rejected these messages: {exc}"
             raise InvalidPrompt(message) from None
-        tokens: list[int] = self._llm.tokenize(
-            prompt.encode("utf-8"), add_bos=self._add_bos, special=True
-        )
+        tokens = self._tokenize(prompt)
         # A template that writes {{ bos_token }} itself plus add_bos would double it.
         if self._add_bos and tokens[:2] == [self._bos, self._bos]:
             del tokens[0]
         return tokens
 
-    def grammar(self, fmt: ResponseFormat | None) -> str | None:
+    def _tokenize(self, text: str) -> list[int]:
+        tokens: list[int] = self._llm.tokenize(
+            text.encode("utf-8"), add_bos=self._add_bos, special=True
+        )
+        return tokens
+
+    def grammar(self, fmt: ResponseFormat | ToolCallFormat | None) -> str | None:
         """The GBNF grammar `fmt` asks for, None for free text; raises UnsupportedFormat."""
         return None if fmt is None else self._grammars.get(fmt)
 
     def run(
         self,
-        messages: Sequence[Message],
+        messages: Prompt,
         params: SamplingParams,
         emit: Callable[[Item], None],
         cancel: threading.Event,
@@ -231,7 +239,7 @@ class ChatPrompt:
             if cancel.is_set():
                 return
             grammar = self.grammar(params.response_format)
-            prompt = self.prompt_tokens(messages)
+            prompt = self.prompt_tokens(messages, params.tools)
             check_prompt(len(prompt), self._n_ctx)
             constraint = None if grammar is None else self._new_grammar(grammar)
             finished = self._generate(prompt, params, constraint, emit, cancel)

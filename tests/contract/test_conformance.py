@@ -21,8 +21,6 @@ REFUSED_VALUES: dict[str, Any] = {
     "logprobs": True,
     "top_logprobs": 2,
     "logit_bias": {"50256": -100},
-    "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
-    "tool_choice": "required",
     "functions": [{"name": "f", "parameters": {}}],
     "function_call": "auto",
     "modalities": ["text", "audio"],
@@ -38,8 +36,6 @@ NEUTRAL_VALUES: dict[str, list[Any]] = {
     "logprobs": [False],
     "top_logprobs": [0],
     "logit_bias": [{}],
-    "tools": [[]],
-    "tool_choice": ["none"],
     "functions": [[]],
     "function_call": ["none"],
     "modalities": [["text"]],
@@ -82,7 +78,6 @@ def test_accepted_fields_have_no_effect_on_the_request() -> None:
         "prompt_cache_retention": "24h",
         "prompt_cache_options": {},
         "service_tier": "auto",
-        "parallel_tool_calls": True,
     }
     accepted = {name for name, f in FIELDS.items() if f.support is Support.ACCEPTED}
     assert accepted == set(labels)
@@ -93,3 +88,18 @@ def test_readme_lists_the_table() -> None:
     text = (REPO / "README.md").read_text()
     rows = dict(re.findall(r"^\| `([a-z_]+)` \| (honoured|accepted|refused) \|", text, re.M))
     assert rows == {name: f.support.value for name, f in FIELDS.items()}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+        {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"},
+        {"tools": [], "tool_choice": "none", "parallel_tool_calls": False},
+    ],
+)
+def test_tool_fields_are_honoured_not_refused(fields: dict[str, Any]) -> None:
+    for name in fields:
+        assert FIELDS[name].support is Support.HONOURED
+    refuse_unsupported(chat(**fields))
+    chat_request_from_dict(chat(**fields))

@@ -105,7 +105,12 @@ REFUSALS: list[tuple[dict[str, Any], str, str | None]] = [
     ({"messages": "hi"}, "messages", None),
     ({"messages": []}, "messages", "empty_array"),
     ({"messages": ["hi"]}, "messages[0]", None),
-    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", None),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id", None),
+    (
+        {"messages": [{"role": "tool", "content": "x", "tool_call_id": "call_1"}]},
+        "messages[0].tool_call_id",
+        None,
+    ),
     ({"messages": [{"content": "x"}]}, "messages[0].role", None),
     ({"messages": [{"role": 1, "content": "x"}]}, "messages[0].role", None),
     ({"messages": [*HELLO, {"role": "user"}]}, "messages[1].content", None),
@@ -262,14 +267,18 @@ def test_include_usage_needs_a_stream(fields: dict[str, Any], include_usage: boo
 
 def test_text_parts_are_joined_and_every_role_is_accepted() -> None:
     parts = [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}]
-    messages: list[dict[str, Any]] = [{"role": role, "content": "x"} for role in sorted(ROLES)]
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages: list[dict[str, Any]] = [{"role": "assistant", "content": None, "tool_calls": [call]}]
+    messages += [{"role": role, "content": "x", "tool_call_id": "call_1"} for role in sorted(ROLES)]
     messages.append({"role": "user", "content": parts})
     messages.append({"role": "assistant", "content": None})  # e.g. a turn that only called tools
     request = chat_request_from_dict(chat(messages=messages))
-    assert [m.role for m in request.messages] == [*sorted(ROLES), "user", "assistant"]
+    roles = ["assistant", *sorted(ROLES), "user", "assistant"]
+    assert [m.role for m in request.messages] == roles
+    assert request.messages[0].tool_calls[0].arguments == "{}"
     assert request.messages[-2].content == "Hello, world"
     assert request.messages[-1].content == ""
-    assert {"system", "developer", "user", "assistant"} == ROLES
+    assert {"system", "developer", "user", "assistant", "tool"} == ROLES
 
 
 @pytest.mark.parametrize("role", [["user"], {"name": "user"}])
@@ -326,13 +335,16 @@ _part = st.fixed_dictionaries(
 _message = st.fixed_dictionaries(
     {},
     optional={
-        "role": st.sampled_from([*sorted(ROLES), "tool"]) | _json,
+        "role": st.sampled_from([*sorted(ROLES), "critic"]) | _json,
         "content": _json | st.lists(_part, max_size=3),
+        "tool_calls": _json,
+        "tool_call_id": _json,
     },
 )
 _fields = (
     "temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens",
     "max_completion_tokens", "n", "seed", "stop", "stream", "stream_options",
+    "tools", "tool_choice", "parallel_tool_calls",
 )  # fmt: skip
 chat_shaped = st.fixed_dictionaries(
     {},

@@ -90,13 +90,15 @@ class FakeWorker:
     headers: list[CIMultiDictProxy[str]] = field(default_factory=list)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    paths: list[str] = field(default_factory=list)  # the path of each request, in order
     gate: asyncio.Event | None = None
     active: int = 0  # requests inside the handler now
     peak: int = 0  # most requests inside the handler at once
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
+        for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+            app.router.add_post(path, self._chat)  # the relay is the same for every endpoint
         return app
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -110,6 +112,7 @@ class FakeWorker:
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.bodies.append(body)
+        self.paths.append(request.path)
         self.headers.append(request.headers)
         self.started.set()
         if self.gate is not None:

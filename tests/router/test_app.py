@@ -29,10 +29,12 @@ def test_routes_plain_path_based_and_endpoint_based() -> None:
     project, endpoint = "/{project}", "/{project}/{endpoint}"
     for prefix in ("", project, endpoint):
         assert ("POST", prefix + "/v1/chat/completions") in routes
+        assert ("POST", prefix + "/v1/completions") in routes
+        assert ("POST", prefix + "/v1/embeddings") in routes
         assert ("GET", prefix + "/v1/models") in routes
         assert ("GET", prefix + "/v1/models/{model}") in routes
     assert {("GET", "/health"), ("GET", "/metrics")} <= routes
-    assert len(routes) == 11
+    assert len(routes) == 17
 
 
 def test_a_policy_can_be_passed_in() -> None:

@@ -27,7 +27,7 @@ def test_label_values_are_the_ones_dashboards_query() -> None:
     assert list(UpstreamError) == ["connect", "busy", "status", "timeout", "broken"]
     assert list(QueueRejection) == ["full", "timeout"]
     assert list(RegistryOp) == ["read", "events", "decode"]
-    assert list(Route) == ["chat_completions", "models"]
+    assert list(Route) == ["chat_completions", "completions", "embeddings", "models"]
     assert list(Rejection) == [
         "invalid_request",
         "invalid_api_key",
@@ -45,6 +45,21 @@ def test_an_enum_label_is_exported_as_its_value() -> None:
     metrics = RouterMetrics()
     metrics.cancellations.labels(CancelPhase.STALLED).inc()
     assert b'router_cancellations_total{phase="stalled"} 1.0' in metrics.render()
+
+
+def test_each_relayed_endpoint_has_its_own_series() -> None:
+    metrics = RouterMetrics()
+    embeddings = metrics.series(Route.EMBEDDINGS, "m", False)
+    assert metrics.series(Route.EMBEDDINGS, "m", False) is embeddings
+    assert embeddings is not metrics.series(Route.COMPLETIONS, "m", False)
+    assert metrics.chat_series("m", False) is metrics.series(Route.CHAT_COMPLETIONS, "m", False)
+    embeddings.finish(200, 0.1)
+
+    def count(endpoint: str) -> float | None:
+        labels = {"endpoint": endpoint, "model": "m", "status_class": "2xx"}
+        return metrics.registry.get_sample_value("router_requests_total", labels)
+
+    assert [count(e) for e in ("embeddings", "completions", "chat_completions")] == [1, 0, 0]
 
 
 def test_a_chat_series_counts_by_status_class() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from router.breaker import BreakerSettings
-from router.upstream import FAILED_PENALTY, Upstream
+from router.upstream import FAILED_PENALTY, Api, Upstream
 
 from .fakes import make_record
 
@@ -96,4 +96,6 @@ def test_a_restarted_worker_gets_a_fresh_breaker_and_url() -> None:
     worker.update(replace(worker.record, started_ms=worker.record.started_ms + 1), reported=True)
     assert worker.breaker is not aside and worker.breaker.allows(0.0)
     worker.update(replace(worker.record, url="http://127.0.0.1:2/"), reported=False)
-    assert str(worker.chat_url) == "http://127.0.0.1:2/v1/chat/completions"
+    assert str(worker.urls[Api.CHAT]) == "http://127.0.0.1:2/v1/chat/completions"
+    assert str(worker.urls[Api.COMPLETIONS]) == "http://127.0.0.1:2/v1/completions"
+    assert str(worker.urls[Api.EMBEDDINGS]) == "http://127.0.0.1:2/v1/embeddings"

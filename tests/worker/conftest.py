@@ -3,7 +3,7 @@ that fails on purpose."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +12,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from contract.wire import Message, SamplingParams
+from contract.wire import SamplingParams
 from tests.processes import RedisServer
 from worker.app import create_app
 from worker.config import WorkerConfig
-from worker.engine import Engine, Finished
+from worker.engine import Engine, Finished, Prompt
 from worker.fake_engine import FakeEngine
 
 MODEL = "fake-model"
@@ -69,7 +69,7 @@ class RefusingEngine(FakeEngine):
         self.after_text = after_text
 
     async def stream(
-        self, messages: Sequence[Message], params: SamplingParams
+        self, messages: Prompt, params: SamplingParams
     ) -> AsyncIterator[str | Finished]:
         if self.after_text:
             yield " partial"

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
 
 from contract.registry import read_snapshot
-from contract.wire import Message, SamplingParams
+from contract.wire import SamplingParams
 from worker import appkeys
 from worker.app import build_engine
-from worker.engine import Finished
+from worker.engine import Finished, Prompt
 from worker.fake_engine import FakeEngine
 
 from .conftest import StartWorker, fake_config
@@ -40,7 +40,7 @@ class WitnessEngine(FakeEngine):
         self.registered_at["close"] = await self.registered()
 
     async def stream(
-        self, messages: Sequence[Message], params: SamplingParams
+        self, messages: Prompt, params: SamplingParams
     ) -> AsyncIterator[str | Finished]:
         async for item in super().stream(messages, params):
             yield item

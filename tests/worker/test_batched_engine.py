@@ -24,7 +24,7 @@ import pytest
 from contract.wire import Message, SamplingParams
 from worker.config import ConfigError, resolve_model_path
 from worker.engine import EngineStopped, Finished, PromptTooLong, UnsupportedFormat
-from worker.handlers import engine_api_error
+from worker.generation import engine_api_error
 from worker.llama_engine import LlamaEngine
 
 from .structured import ASK_PERSON, JSON_OBJECT, PERSON, UNSUPPORTED, check_person

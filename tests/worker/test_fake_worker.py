@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -13,10 +13,10 @@ import pytest
 from redis.asyncio import Redis
 
 from contract.registry import WorkerState, read_snapshot, worker_key
-from contract.wire import Message, SamplingParams
+from contract.wire import SamplingParams
 from tests.waits import eventually
 from worker import appkeys
-from worker.engine import Finished
+from worker.engine import Finished, Prompt
 from worker.fake_engine import FakeEngine
 
 from .conftest import MODEL, RefusingEngine, StartWorker, WorkerClient
@@ -54,7 +54,7 @@ class RecordingEngine(FakeEngine):
         self.open_streams = 0
 
     async def stream(
-        self, messages: Sequence[Message], params: SamplingParams
+        self, messages: Prompt, params: SamplingParams
     ) -> AsyncIterator[str | Finished]:
         self.open_streams += 1
         try:

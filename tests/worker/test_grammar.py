@@ -15,7 +15,7 @@ import pytest
 from contract.formats import ResponseFormat
 from worker.config import ConfigError, resolve_model_path
 from worker.engine import UnsupportedFormat
-from worker.handlers import engine_api_error
+from worker.generation import engine_api_error
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
 

@@ -14,7 +14,7 @@ from worker.engine import (
     InvalidPrompt,
     PromptTooLong,
 )
-from worker.handlers import engine_api_error
+from worker.generation import engine_api_error
 
 from .conftest import MODEL, RefusingEngine, StartWorker, WorkerClient
 

@@ -12,8 +12,8 @@ import pytest
 
 from contract.wire import Message, SamplingParams
 from worker.config import ConfigError, resolve_model_path
-from worker.engine import Finished, PromptTooLong, UnsupportedFormat
-from worker.handlers import engine_api_error
+from worker.engine import Finished, Prompt, PromptTooLong, UnsupportedFormat
+from worker.generation import engine_api_error
 from worker.llama_engine import LlamaEngine
 
 from .conftest import StartWorker
@@ -54,10 +54,10 @@ async def engine() -> AsyncIterator[LlamaEngine]:
 
 
 async def generate(
-    engine: LlamaEngine, messages: list[Message], **params: Any
+    engine: LlamaEngine, prompt: Prompt, **params: Any
 ) -> tuple[list[str], Finished]:
     deltas: list[str] = []
-    async for item in engine.stream(messages, SamplingParams(**params)):
+    async for item in engine.stream(prompt, SamplingParams(**params)):
         if isinstance(item, Finished):
             return deltas, item
         deltas.append(item)
@@ -117,6 +117,14 @@ async def test_the_workers_default_length_bounds_an_answer_without_max_tokens() 
         assert named.completion_tokens == 6  # a request's own max_tokens wins
     finally:
         await engine.close()
+
+
+async def test_a_raw_prompt_skips_the_chat_template(engine: LlamaEngine) -> None:
+    text = "The capital of France is"
+    deltas, finished = await generate(engine, text, temperature=0, max_tokens=3)
+    assert "Paris" in "".join(deltas)
+    # The prompt is its own tokens plus BOS only, not a rendered chat.
+    assert finished.prompt_tokens <= len(tokenize(text)) + 1
 
 
 async def test_stop_string_is_held_back_and_never_emitted(engine: LlamaEngine) -> None:
