@@ -1,26 +1,19 @@
 """Structured outputs through the router with the official openai SDK, on a real SmolLM2 worker
-of each llama engine: `.parse()` with a nested Pydantic model, `json_object`, a streamed
-schema assembled by the SDK's stream helper, and a schema the grammar cannot enforce."""
+of each llama engine, auth on, path-based and DNS-based (tests/integration/conftest.py):
+`.parse()` with a nested Pydantic model, `json_object`, a streamed schema assembled by the SDK's
+stream helper, and a schema the grammar cannot enforce."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel, Field
 
-from benchmarks.processes import router_sees
 from tests.processes import (
     MODEL_ID,
-    HttpService,
-    RedisServer,
-    router_process,
-    wait_until,
-    worker_process,
 )
 
 pytest.importorskip("llama_cpp", reason="the real stack needs llama-cpp-python")
@@ -51,35 +44,6 @@ class Bounded(BaseModel):
     count: int = Field(ge=1)  # "minimum": no grammar for number bounds
 
 
-@pytest.fixture(scope="module", params=["llama", "batched"])
-def base_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """redis-server, one worker of the engine, and a router (auth off), as processes."""
-    tmp: Path = tmp_path_factory.mktemp(f"structured-{request.param}")
-    redis = RedisServer.create(tmp)
-    redis.start()
-    worker = worker_process(tmp, redis.url, "w0", engine=request.param)
-    router = router_process(tmp, redis.url)
-    procs: list[HttpService] = [worker, router]
-    try:
-        for proc in procs:
-            proc.start()
-        for proc in procs:
-            proc.wait_healthy(timeout_s=60)
-        wait_until(lambda: router_sees(router.url, 1), 10, "the router to see the worker")
-        yield router.url + "/v1"
-    finally:
-        for service in [router, worker, redis]:
-            service.stop()
-
-
-@pytest.fixture
-def client(base_url: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=base_url, api_key="anything", max_retries=0, timeout=60) as c:
-        yield c
-
-
 def test_parse_returns_the_nested_pydantic_object(client: openai.OpenAI) -> None:
     completion = client.chat.completions.parse(
         model=MODEL_ID, messages=ASK_PERSON, response_format=Person, temperature=0, max_tokens=200
@@ -87,6 +51,15 @@ def test_parse_returns_the_nested_pydantic_object(client: openai.OpenAI) -> None
     choice = completion.choices[0]
     assert choice.finish_reason == "stop"
     assert choice.message.parsed == Person(name="Ann", age=31, address=Address(city="Paris"))
+
+
+def test_parse_works_on_the_dns_based_url(dns_client: openai.OpenAI) -> None:
+    completion = dns_client.chat.completions.parse(
+        model=MODEL_ID, messages=ASK_PERSON, response_format=Person, temperature=0, max_tokens=200
+    )
+    assert completion.choices[0].message.parsed == Person(
+        name="Ann", age=31, address=Address(city="Paris")
+    )
 
 
 def test_sampled_parse_still_fits_the_schema(client: openai.OpenAI) -> None:

@@ -1,6 +1,7 @@
 """Tool calls through the router with the official openai SDK, on a real SmolLM2 worker of each
-llama engine (test_structured_outputs' stack): `required`, a named function, `auto`, a streamed
-call assembled by the SDK's stream helper, a tool result fed back, and bad tool requests.
+llama engine (tests/integration/conftest.py: auth on, path-based and DNS-based): `required`, a
+named function, `auto`, a streamed call assembled by the SDK's stream helper, a tool result fed
+back, and bad tool requests.
 SmolLM2-135M picks silly values: the tests check structure and schema validity, not wisdom."""
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from openai.types.chat import (
 )
 from pydantic import BaseModel
 
-from tests.integration import test_structured_outputs as stack
 from tests.processes import MODEL_ID
 
 pytest.importorskip("llama_cpp", reason="the real stack needs llama-cpp-python")
@@ -52,8 +52,6 @@ ASK: list[ChatCompletionMessageParam] = [
 
 
 # The same processes as the structured-output tests: redis, one worker per engine, a router.
-base_url = stack.base_url
-client = stack.client
 
 
 class GetWeather(BaseModel):
@@ -109,8 +107,11 @@ def test_sampled_parallel_calls_are_each_complete_and_valid(
         assert_valid_call(call.function.name, call.function.arguments, call.id)
 
 
-def test_a_named_function_is_the_one_called_once(client: openai.OpenAI) -> None:
-    completion = client.chat.completions.create(
+@pytest.mark.parametrize("url", ["path-based", "dns-based"])
+def test_a_named_function_is_the_one_called_once(
+    client: openai.OpenAI, dns_client: openai.OpenAI, url: str
+) -> None:
+    completion = (client if url == "path-based" else dns_client).chat.completions.create(
         model=MODEL_ID,
         messages=ASK,
         tools=TOOLS,
