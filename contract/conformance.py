@@ -49,10 +49,6 @@ def _no_tools(value: Any) -> bool:
     return value is None or value == "none"
 
 
-def _zero(value: Any) -> bool:
-    return value is None or value == 0
-
-
 _H, _A, _R = Support.HONOURED, Support.ACCEPTED, Support.REFUSED
 
 FIELDS: Final[Mapping[str, Field]] = {
@@ -70,6 +66,9 @@ FIELDS: Final[Mapping[str, Field]] = {
     "seed": Field(_H, "repeatable sampling on one worker"),
     "presence_penalty": Field(_H, "-2 to 2"),
     "frequency_penalty": Field(_H, "-2 to 2"),
+    "logprobs": Field(_H, "log-softmax of the biased logits, before temperature and top_p"),
+    "top_logprobs": Field(_H, "0 to 20; needs `logprobs: true` unless 0"),
+    "logit_bias": Field(_H, "token id to -100..100, at most 300; -100 bans a token"),
     "n": Field(_H, "1 only; other values are refused"),
     "response_format": Field(_H, "`text`, `json_object`, `json_schema` (grammar-constrained)"),
     "tools": Field(_H, "function tools; the model's template or a generic tool prompt"),
@@ -83,9 +82,6 @@ FIELDS: Final[Mapping[str, Field]] = {
     "prompt_cache_options": Field(_A, "workers keep their own prompt cache"),
     "service_tier": Field(_A, "one tier"),
     "store": Field(_R, "nothing is stored; `false` accepted", _false),
-    "logprobs": Field(_R, "not yet; `false` accepted", _false),
-    "top_logprobs": Field(_R, "not yet; `0` accepted", _zero),
-    "logit_bias": Field(_R, "not yet; `{}` accepted", _empty),
     "functions": Field(_R, "deprecated tools; `[]` accepted", _empty),
     "function_call": Field(_R, "deprecated tool_choice; `none` accepted", _no_tools),
     "modalities": Field(_R, 'text only; `["text"]` accepted', _text_only),

@@ -31,6 +31,8 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MEDIA_PARTS = frozenset({"image_url", "input_audio", "file"})
 MAX_STOP = 4
 MAX_TOKENS_LIMIT = 2**31 - 1
+MAX_LOGIT_BIAS = 300
+MAX_TOP_LOGPROBS = 20
 SEED_LIMIT = 2**63
 
 
@@ -56,6 +58,8 @@ class SamplingParams:
     # None: free text; a ToolCallFormat when tool calls are forced (grammar-constrained alike).
     response_format: ResponseFormat | ToolCallFormat | None = None
     tools: Tools | None = None  # offered to the model; None: no tool calls
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100])
+    top_logprobs: int | None = None  # None: no logprobs; else alternatives per token (0..20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,7 @@ def chat_request_from_dict(data: dict[str, Any]) -> ChatRequest:
     messages = _messages(data.get("messages"))
     tools = parse_tools(data)
     response_format = parse_response_format(data.get("response_format"))
+    top_logprobs = _top_logprobs(data)
 
     return ChatRequest(
         model=model,
@@ -124,8 +129,62 @@ def chat_request_from_dict(data: dict[str, Any]) -> ChatRequest:
             frequency_penalty=frequency or 0.0,
             response_format=tools.format if tools and tools.format else response_format,
             tools=tools,
+            logit_bias=_logit_bias(data.get("logit_bias")),
+            top_logprobs=top_logprobs,
         ),
     )
+
+
+def _top_logprobs(data: dict[str, Any]) -> int | None:
+    """None unless `logprobs` is true; then `top_logprobs` (0 when absent). A non-zero
+    `top_logprobs` without `logprobs: true` is refused, as OpenAI does."""
+    logprobs = _optional_bool(data, "logprobs") or False
+    top = _optional_int(data, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if not logprobs:
+        if top:
+            raise InvalidRequest(
+                "Invalid value for 'top_logprobs': 'logprobs' must be set to true when "
+                "'top_logprobs' is used.",
+                param="top_logprobs",
+            )
+        return None
+    return top or 0
+
+
+def _logit_bias(raw: Any) -> tuple[tuple[int, float], ...]:
+    """OpenAI's map of token ids (string keys) to biases in [-100, 100], in key order."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise InvalidRequest(
+            "Invalid type for 'logit_bias': expected an object.", param="logit_bias"
+        )
+    if len(raw) > MAX_LOGIT_BIAS:
+        raise InvalidRequest(
+            f"Invalid 'logit_bias': too many properties. Expected an object with at most "
+            f"{MAX_LOGIT_BIAS} properties, but got an object with {len(raw)} properties instead.",
+            param="logit_bias",
+        )
+    out = []
+    for key, value in raw.items():
+        if not (key.isascii() and key.isdigit()):
+            raise InvalidRequest(
+                f"Invalid key in 'logit_bias': {key}. You should only be submitting "
+                "non-negative integers.",
+                param="logit_bias",
+            )
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not -100 <= value <= 100
+        ):
+            raise InvalidRequest(
+                f"Invalid value for 'logit_bias' key {key}: {value!r}. The bias must be a "
+                "number between -100 and 100.",
+                param="logit_bias",
+            )
+        out.append((int(key), float(value)))
+    return tuple(out)
 
 
 def _messages(raw: Any) -> tuple[Message, ...]:

@@ -49,8 +49,9 @@ import llama_cpp
 from contract.wire import SamplingParams
 from worker.engine import (
     EngineStopped,
-    Finished,
+    Output,
     Prompt,
+    check_logit_bias,
     check_prompt,
     relay,
     with_default_length,
@@ -154,10 +155,11 @@ class BatchedLlamaEngine:
 
     async def stream(
         self, messages: Prompt, params: SamplingParams
-    ) -> AsyncGenerator[str | Finished, None]:
-        chat, steps = self._chat, self._steps
-        if chat is None or steps is None or self._closed:
+    ) -> AsyncGenerator[Output, None]:
+        chat, steps, model = self._chat, self._steps, self._model
+        if chat is None or steps is None or model is None or self._closed:
             raise EngineStopped()
+        check_logit_bias(params, model.n_vocab)
         prompt = await asyncio.to_thread(chat.prompt_tokens, messages, params.tools)
         check_prompt(len(prompt), self.n_ctx)
         params = with_default_length(params, self._default_max_tokens)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from contract import sse
 from contract.tools import ToolCall, Tools
 from worker.engine import Finished, FinishReason
+from worker.logprobs import TokenLogprob, logprobs_object
 from worker.tools import ToolCallParser, split_answer
 
 
@@ -44,7 +46,9 @@ def completion(
     content: str | None,
     finished: Finished,
     tool_calls: tuple[ToolCall, ...] = (),
+    logprobs: Sequence[TokenLogprob] | None = None,
 ) -> dict[str, Any]:
+    """A chat.completion; `logprobs` None when not asked for."""
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
     if tool_calls:
         message["tool_calls"] = [tool_call_object(call) for call in tool_calls]
@@ -57,7 +61,7 @@ def completion(
             {
                 "index": 0,
                 "message": message,
-                "logprobs": None,
+                "logprobs": None if logprobs is None else logprobs_object(logprobs),
                 "finish_reason": finished.reason,
             }
         ],
@@ -80,7 +84,13 @@ class ChunkWriter:
         self._include_usage = include_usage
         self._usage_trailer = usage_trailer  # see contract.sse
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: FinishReason | None = None) -> bytes:
+    def _chunk(
+        self,
+        delta: dict[str, Any],
+        finish_reason: FinishReason | None = None,
+        logprobs: Sequence[TokenLogprob] | None = None,
+    ) -> bytes:
+        choice_logprobs = None if logprobs is None else logprobs_object(logprobs)
         chunk: dict[str, Any] = {
             "id": self._id,
             "object": "chat.completion.chunk",
@@ -88,7 +98,12 @@ class ChunkWriter:
             "model": self._model,
             "system_fingerprint": None,
             "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                {
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": choice_logprobs,
+                    "finish_reason": finish_reason,
+                }
             ],
         }
         if self._include_usage:
@@ -98,8 +113,8 @@ class ChunkWriter:
     def role(self) -> bytes:
         return self._chunk({"role": "assistant", "content": ""})
 
-    def content(self, text: str) -> bytes:
-        return self._chunk({"content": text})
+    def content(self, text: str, logprobs: Sequence[TokenLogprob] | None = None) -> bytes:
+        return self._chunk({"content": text}, logprobs=logprobs)
 
     def tool_call(self, index: int, call: ToolCall) -> bytes:
         """OpenAI's delta format: id, type and name first, then the arguments."""
@@ -138,13 +153,21 @@ def _called(finished: Finished, called: bool) -> Finished:
 class ChatAnswer:
     """A chat completion: text, or tool calls parsed out of it when the request has tools."""
 
-    __slots__ = ("_calls", "_chunks", "_model", "_parser", "_tools")
+    __slots__ = ("_calls", "_chunks", "_held", "_logprobs", "_model", "_parser", "_tools")
     prompt_param = "messages"
 
     def __init__(
-        self, model: str, tools: Tools | None, *, include_usage: bool, usage_trailer: bool
+        self,
+        model: str,
+        tools: Tools | None,
+        *,
+        include_usage: bool,
+        usage_trailer: bool,
+        logprobs: bool = False,
     ) -> None:
         self._model = model
+        self._logprobs = logprobs  # asked for: every content chunk carries its tokens' entries
+        self._held: list[TokenLogprob] = []  # entries of tokens whose text is not out yet
         self._tools = tools
         self._chunks = ChunkWriter(
             new_completion_id(), model, include_usage=include_usage, usage_trailer=usage_trailer
@@ -152,25 +175,40 @@ class ChatAnswer:
         self._parser = None if tools is None else ToolCallParser(tools)
         self._calls = 0
 
-    def whole(self, text: str, finished: Finished) -> dict[str, Any]:
+    def whole(
+        self, text: str, finished: Finished, logprobs: Sequence[TokenLogprob] = ()
+    ) -> dict[str, Any]:
         content: str | None = text
         calls: tuple[ToolCall, ...] = ()
         if self._tools is not None and text:
             content, calls = split_answer(text, self._tools)
         done = _called(finished, bool(calls))
-        return completion(new_completion_id(), self._model, content, done, calls)
+        entries = logprobs if self._logprobs else None
+        return completion(new_completion_id(), self._model, content, done, calls, entries)
 
     def opening(self) -> bytes:
         return self._chunks.role()
 
-    def feed(self, text: str) -> bytes:
+    def feed(self, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
+        if self._logprobs:
+            self._held.extend(logprobs)
         if self._parser is None:
-            return self._chunks.content(text) if text else b""
+            return self._content(text) if text else b""
         return self._parsed(self._parser.feed(text))
 
-    def closing(self, finished: Finished) -> bytes:
+    def closing(self, finished: Finished, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
+        if self._logprobs:
+            self._held.extend(logprobs)
         held = b"" if self._parser is None else self._parsed(self._parser.finish())
+        if self._held:  # tokens whose text never went out (a stop string, a tool call)
+            held += self._content("")
         return held + self._chunks.finish(_called(finished, self._calls > 0))
+
+    def _content(self, text: str) -> bytes:
+        if not self._logprobs:
+            return self._chunks.content(text)
+        entries, self._held = self._held, []
+        return self._chunks.content(text, entries)
 
     def _parsed(self, parts: list[str | ToolCall]) -> bytes:
         frames = b""
@@ -179,7 +217,7 @@ class ChatAnswer:
                 frames += self._chunks.tool_call(self._calls, part)
                 self._calls += 1
             elif part:
-                frames += self._chunks.content(part)
+                frames += self._content(part)
         return frames
 
 
@@ -210,16 +248,19 @@ class TextAnswer:
     def _choice(text: str, reason: FinishReason | None) -> dict[str, Any]:
         return {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
 
-    def whole(self, text: str, finished: Finished) -> dict[str, Any]:
+    def whole(
+        self, text: str, finished: Finished, logprobs: Sequence[TokenLogprob] = ()
+    ) -> dict[str, Any]:
+        """`logprobs` are never asked for here (contract.text refuses them)."""
         return self._object([self._choice(text, finished.reason)]) | {"usage": usage(finished)}
 
     def opening(self) -> bytes:
         return b""
 
-    def feed(self, text: str) -> bytes:
+    def feed(self, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
         return sse.frame(self._object([self._choice(text, None)])) if text else b""
 
-    def closing(self, finished: Finished) -> bytes:
+    def closing(self, finished: Finished, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
         frames = sse.frame(self._object([self._choice("", finished.reason)]))
         if self._include_usage:
             frames += sse.frame(self._object([]) | {"usage": usage(finished)})

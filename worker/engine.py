@@ -2,9 +2,10 @@
 
 An engine turns a prompt (a chat's messages, rendered with the model's template, or for a legacy
 text completion the raw prompt text) and sampling parameters into a stream of text deltas
-followed by exactly one `Finished`. Implementations: `LlamaEngine` (llama-cpp-python, one
-stream at a time), `BatchedLlamaEngine` (many streams in one context) and `FakeEngine` (fixed
-timing, deterministic text; for router tests and benchmarks only).
+followed by exactly one `Finished`; when the parameters ask for logprobs, each sampled token's
+`Logprobs` (worker.logprobs) comes before its text. Implementations: `LlamaEngine`
+(llama-cpp-python, one stream at a time), `BatchedLlamaEngine` (many streams in one context) and
+`FakeEngine` (fixed timing, deterministic text; for router tests and benchmarks only).
 
 Contract every engine keeps:
 - `stream()` raises an `EngineError` (below) before yielding anything when the prompt does not
@@ -20,6 +21,7 @@ Contract every engine keeps:
     ├── PromptTooLong     the prompt's tokens do not fit the context
     ├── InvalidPrompt     the messages cannot become a prompt (template refusal, empty prompt)
     ├── UnsupportedFormat the response_format (or forced tools) ask what the grammar cannot enforce
+    ├── InvalidParameter  a parameter the model cannot take (a logit_bias token outside its vocab)
     └── EngineStopped     the engine is not loaded, is closing, or its thread has stopped
 
 Anything else an engine raises is a failure of the engine itself.
@@ -34,6 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from contract.wire import Message, SamplingParams
+from worker.logprobs import Logprobs
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 # A chat's messages, or the raw text of a legacy completion (no chat template).
@@ -73,6 +76,15 @@ class UnsupportedFormat(EngineError):
         self.param = param
 
 
+class InvalidParameter(EngineError):
+    """`param` names the request field the model cannot take."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
 class EngineStopped(EngineError):
     def __init__(self, message: str = "The engine is not running.") -> None:
         super().__init__(message)
@@ -85,6 +97,17 @@ def check_prompt(prompt_tokens: int, n_ctx: int) -> None:
         raise PromptTooLong(n_ctx, prompt_tokens)
     if not prompt_tokens:
         raise InvalidPrompt("The messages rendered to an empty prompt.")
+
+
+def check_logit_bias(params: SamplingParams, n_vocab: int) -> None:
+    """Raise InvalidParameter for a biased token id outside the model's vocabulary."""
+    for token, _ in params.logit_bias:
+        if token >= n_vocab:
+            raise InvalidParameter(
+                f"Invalid key in 'logit_bias': {token} is not a token id of this model "
+                f"(its vocabulary has {n_vocab} tokens).",
+                "logit_bias",
+            )
 
 
 def with_default_length(params: SamplingParams, default_max_tokens: int | None) -> SamplingParams:
@@ -101,13 +124,13 @@ def completion_limit(n_ctx: int, prompt_tokens: int, max_tokens: int | None) -> 
     return room if max_tokens is None else min(room, max_tokens)
 
 
-# What an engine's thread hands the event loop: text, the one Finished, or the error to raise.
-Item = str | Finished | BaseException
+# What an engine streams: text, a token's logprobs, then the one Finished.
+Output = str | Logprobs | Finished
+# What an engine's thread hands the event loop: an Output, or the error to raise.
+Item = Output | BaseException
 
 
-async def relay(
-    out: asyncio.Queue[Item], cancel: threading.Event
-) -> AsyncGenerator[str | Finished, None]:
+async def relay(out: asyncio.Queue[Item], cancel: threading.Event) -> AsyncGenerator[Output, None]:
     """An engine thread's outputs up to Finished, raising the error it sent instead. However
     the consumer leaves, `cancel` is set, so the thread stops at its next token."""
     try:
@@ -138,6 +161,6 @@ class Engine(Protocol):
     async def close(self) -> None:
         """Stop generation threads and free the model."""
 
-    def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[str | Finished]:
-        """Text deltas as they are produced, then one Finished."""
+    def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Output]:
+        """Text deltas (and asked-for Logprobs) as they are produced, then one Finished."""
         ...

@@ -6,6 +6,8 @@ Without max_tokens the fake "reaches end of generation" after 16 tokens (finish_
 so requests end the way most real ones do; an explicit max_tokens ends with "length".
 When tool calls are forced, the answer is one call of the first function with empty arguments
 (`{}`, whatever its schema), in chunks of CALL_CHUNK characters, so router tests can see calls.
+Asked for logprobs, every token has logprob TOKEN_LOGPROB, and its alternatives are itself then
+the tokens that follow it, each ALTERNATIVE_STEP less likely. `logit_bias` has no effect.
 Never the default engine.
 """
 
@@ -17,7 +19,8 @@ from typing import Final
 
 from contract.tools import ToolCallFormat
 from contract.wire import SamplingParams
-from worker.engine import Finished, FinishReason, Prompt, check_prompt
+from worker.engine import Finished, FinishReason, Output, Prompt, check_prompt
+from worker.logprobs import Logprobs, TokenLogprob
 from worker.stops import StopMatcher
 
 WORDS = ("The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog.")
@@ -25,6 +28,20 @@ TOKENS = tuple(" " + word for word in WORDS)
 NATURAL_LENGTH = 16
 TOKENS_PER_MESSAGE = 4
 CALL_CHUNK = 8
+TOKEN_LOGPROB = -0.25
+ALTERNATIVE_STEP = 1.5
+
+
+def fake_logprobs(tokens: tuple[str, ...], i: int, top: int) -> Logprobs:
+    """The deterministic entry of token `i` of `tokens` (see the module docstring)."""
+
+    def entry(j: int, logprob: float) -> TokenLogprob:
+        text = tokens[j % len(tokens)]
+        return TokenLogprob(text, logprob, text.encode())
+
+    alternatives = tuple(entry(i + j, TOKEN_LOGPROB - j * ALTERNATIVE_STEP) for j in range(top))
+    chosen = entry(i, TOKEN_LOGPROB)
+    return Logprobs((TokenLogprob(chosen.token, chosen.logprob, chosen.bytes, alternatives),))
 
 
 def call_tokens(fmt: ToolCallFormat) -> tuple[str, ...]:
@@ -78,9 +95,7 @@ class FakeEngine:
         limit = min(natural, room)
         return TOKENS, limit, "stop" if limit == NATURAL_LENGTH else "length"
 
-    async def stream(
-        self, messages: Prompt, params: SamplingParams
-    ) -> AsyncIterator[str | Finished]:
+    async def stream(self, messages: Prompt, params: SamplingParams) -> AsyncIterator[Output]:
         prompt_tokens = count_prompt_tokens(messages)
         check_prompt(prompt_tokens, self.n_ctx)
         tokens, limit, final = self._plan(params, self.n_ctx - prompt_tokens)
@@ -92,6 +107,8 @@ class FakeEngine:
             delay = start + i * self._gap_s - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if params.top_logprobs is not None:
+                yield fake_logprobs(tokens, i, params.top_logprobs)
             text, stopped = matcher.feed(tokens[i % len(tokens)])
             if text:
                 yield text

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -31,16 +31,20 @@ from worker.engine import (
     EngineError,
     EngineStopped,
     Finished,
+    InvalidParameter,
     InvalidPrompt,
+    Output,
     Prompt,
     PromptTooLong,
     UnsupportedFormat,
 )
+from worker.logprobs import Logprobs, TokenLogprob
 
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
-Outputs = AsyncIterator[str | Finished]
+Outputs = AsyncIterator[Output]
+Entries = Sequence[TokenLogprob]
 
 
 class Answer(Protocol):
@@ -51,20 +55,22 @@ class Answer(Protocol):
         """The request field a refused prompt is blamed on (`messages`, `prompt`)."""
         ...
 
-    def whole(self, text: str, finished: Finished) -> dict[str, Any]:
-        """The JSON body of a whole answer."""
+    def whole(self, text: str, finished: Finished, logprobs: Entries) -> dict[str, Any]:
+        """The JSON body of a whole answer; `logprobs` are every token's, when asked for."""
         ...
 
     def opening(self) -> bytes:
         """The SSE frames before the first output (chat: the role delta)."""
         ...
 
-    def feed(self, text: str) -> bytes:
-        """The SSE frames for one engine output (may hold text back, e.g. a tool call)."""
+    def feed(self, text: str, logprobs: Entries) -> bytes:
+        """The SSE frames for one text output and the logprobs of the tokens since the last;
+        what it cannot send yet (e.g. a tool call's text) it holds, logprobs included."""
         ...
 
-    def closing(self, finished: Finished) -> bytes:
-        """What is held back, the finish chunk, the usage chunk or trailer, then [DONE]."""
+    def closing(self, finished: Finished, logprobs: Entries) -> bytes:
+        """What is held back (text, logprobs not yet sent), the finish chunk, the usage chunk or
+        trailer, then [DONE]."""
         ...
 
 
@@ -79,7 +85,7 @@ def engine_api_error(exc: EngineError, prompt_param: str = "messages") -> ApiErr
         )
     if isinstance(exc, InvalidPrompt):
         return InvalidRequest(exc.message, param=prompt_param)
-    if isinstance(exc, UnsupportedFormat):
+    if isinstance(exc, UnsupportedFormat | InvalidParameter):
         return InvalidRequest(exc.message, param=exc.param)
     if isinstance(exc, EngineStopped):
         return ServiceUnavailable(exc.message)
@@ -141,19 +147,23 @@ async def _generate(
 
 
 async def _collect(
-    request: web.Request, answer: Answer, first: str | Finished, rest: Outputs
+    request: web.Request, answer: Answer, first: Output, rest: Outputs
 ) -> tuple[web.StreamResponse, Finished]:
     parts: list[str] = []
+    entries: list[TokenLogprob] = []
     item = first
     while not isinstance(item, Finished):
-        parts.append(item)
+        if isinstance(item, Logprobs):
+            entries.extend(item.entries)
+        else:
+            parts.append(item)
         item = await _next_output(request, rest)
-    body = orjson.dumps(answer.whole("".join(parts), item))
+    body = orjson.dumps(answer.whole("".join(parts), item, entries))
     return web.Response(body=body, content_type=JSON), item
 
 
 async def _send_stream(
-    request: web.Request, answer: Answer, first: str | Finished, rest: Outputs
+    request: web.Request, answer: Answer, first: Output, rest: Outputs
 ) -> tuple[web.StreamResponse, Finished | None]:
     response = web.StreamResponse(headers=sse.HEADERS)
     await response.prepare(request)
@@ -162,17 +172,22 @@ async def _send_stream(
         if opening:
             await response.write(opening)
         item = first
+        pending: list[TokenLogprob] = []  # logprobs of tokens whose text has not gone out yet
         while not isinstance(item, Finished):
-            frames = answer.feed(item)
-            if frames:
-                await response.write(frames)
+            if isinstance(item, Logprobs):
+                pending.extend(item.entries)
+            else:
+                frames = answer.feed(item, pending)
+                pending = []
+                if frames:
+                    await response.write(frames)
             try:
                 item = await _next_output(request, rest)
             except ApiError as exc:
                 await response.write(sse.error_event(exc))
                 await response.write_eof()
                 return response, None
-        await response.write(answer.closing(item))
+        await response.write(answer.closing(item, pending))
         await response.write_eof()
     except ConnectionResetError:
         # The client left between writes; the caller's finally stops the engine.
@@ -181,7 +196,7 @@ async def _send_stream(
     return response, item
 
 
-async def _next_output(request: web.Request, outputs: Outputs) -> str | Finished:
+async def _next_output(request: web.Request, outputs: Outputs) -> Output:
     """The next engine output; an engine failure becomes an ApiError the caller can render."""
     try:
         return await anext(outputs)

@@ -83,6 +83,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         chat.sampling.tools,
         include_usage=chat.include_usage,
         usage_trailer=sse.USAGE_TRAILER_HEADER in request.headers,
+        logprobs=chat.sampling.top_logprobs is not None,
     )
     return await generate(request, chat.messages, chat.sampling, chat.stream, answer)
 

@@ -20,6 +20,9 @@ penalties, seed; llama.cpp's extra filters (top_k, min_p, repeat penalty) are sw
 A `response_format` adds a grammar (worker.grammar) to the sampler chain, so only tokens that
 keep the answer valid JSON (of the schema) can be drawn; forced tool calls arrive the same way
 (a ToolCallFormat), and offered tools enter the prompt through worker.tools.
+`logit_bias` and logprobs go through a logits processor (worker.logprobs.LogitsHook), the
+first link of Llama's sampler chain, present only when a request asks for either: plain
+requests keep llama-cpp-python's own chain untouched.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import ctypes
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from datetime import datetime
@@ -45,12 +48,15 @@ from worker.engine import (
     FinishReason,
     InvalidPrompt,
     Item,
+    Output,
     Prompt,
+    check_logit_bias,
     check_prompt,
     completion_limit,
     relay,
     with_default_length,
 )
+from worker.logprobs import LogitsHook, Logprobs, token_logprob
 from worker.stops import StopMatcher
 from worker.tools import generic_chat, native_chat, template_knows_tools
 
@@ -108,7 +114,7 @@ class LlamaEngine:
             await asyncio.get_running_loop().run_in_executor(self._executor, llm.close)
         self._executor.shutdown(wait=False)
 
-    async def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[str | Finished]:
+    async def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Output]:
         model = self._model
         if model is None:
             raise EngineStopped()
@@ -184,6 +190,7 @@ class ChatPrompt:
         self._template_errors = (_TemplateError, jinja2.TemplateError)
         self._template_globals = {"bos_token": bos_text, "eos_token": eos_text}
         self._piece_buffer = ctypes.create_string_buffer(256)
+        self._n_vocab = llm.n_vocab()
 
     def prompt_tokens(self, messages: Prompt, tools: Tools | None = None) -> list[int]:
         """The rendered, tokenised prompt; `tools` go through the template when it knows
@@ -241,6 +248,7 @@ class ChatPrompt:
             grammar = self.grammar(params.response_format)
             prompt = self.prompt_tokens(messages, params.tools)
             check_prompt(len(prompt), self._n_ctx)
+            check_logit_bias(params, self._n_vocab)
             constraint = None if grammar is None else self._new_grammar(grammar)
             finished = self._generate(prompt, params, constraint, emit, cancel)
             if finished is not None:
@@ -269,18 +277,8 @@ class ChatPrompt:
         matcher = StopMatcher(params.stop)
         reason: FinishReason = "length"
         count = 0
-        tokens = llm.generate(
-            prompt,
-            top_k=0,
-            top_p=params.top_p,
-            min_p=0.0,
-            typical_p=1.0,
-            temp=params.temperature,
-            repeat_penalty=1.0,
-            frequency_penalty=params.frequency_penalty,
-            presence_penalty=params.presence_penalty,
-            grammar=grammar,
-        )
+        hook = LogitsHook.of(params)
+        tokens = self._tokens(prompt, params, grammar, hook)
         try:
             for token in tokens:
                 if cancel.is_set():
@@ -289,6 +287,11 @@ class ChatPrompt:
                 if self._lib.llama_vocab_is_eog(self._vocab, token):
                     reason = "stop"
                     break
+                if hook is not None and hook.row is not None and params.top_logprobs is not None:
+                    entry = token_logprob(
+                        hook.row, token, params.top_logprobs, self.piece, params.logit_bias
+                    )
+                    emit(Logprobs((entry,)))
                 text, stopped = matcher.feed(decoder.decode(self.piece(token)))
                 if text:
                     emit(text)
@@ -304,6 +307,30 @@ class ChatPrompt:
         if text:
             emit(text)
         return Finished(reason, len(prompt), count)
+
+    def _tokens(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        grammar: LlamaGrammar | None,
+        hook: LogitsHook | None,
+    ) -> Generator[int, Sequence[int] | None, None]:
+        """Llama's token generator with OpenAI's knobs only (see the module docstring)."""
+        from llama_cpp import LogitsProcessorList
+
+        return self._llm.generate(
+            prompt,
+            top_k=0,
+            top_p=params.top_p,
+            min_p=0.0,
+            typical_p=1.0,
+            temp=params.temperature,
+            repeat_penalty=1.0,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
+            logits_processor=None if hook is None else LogitsProcessorList([hook]),
+            grammar=grammar,
+        )
 
     def piece(self, token: int) -> bytes:
         """The bytes of `token`'s text; on one thread at a time (the buffer is shared)."""

@@ -3,6 +3,7 @@ per-stream sampler chains. Everything here runs off the event loop; free what it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import llama_cpp
@@ -69,14 +70,18 @@ def put_token(batch: Any, i: int, token: int, pos: int, seq_id: int, logits: boo
 def new_sampler(params: SamplingParams, n_vocab: int, grammar: Any = None) -> Any:
     """LlamaEngine's sampler chain, less its no-op links; free with llama_sampler_free. None
     for plain greedy decoding, which needs no sampler (first highest logit, as llama.cpp's).
-    A `grammar` sampler goes where LlamaEngine's goes, after the penalties; the chain owns it."""
+    A `grammar` sampler goes where LlamaEngine's goes, after the penalties; the chain owns it.
+    A `logit_bias` comes first, where LlamaEngine's logits processor is."""
     penalised = params.presence_penalty or params.frequency_penalty
-    if params.temperature == 0 and not penalised and grammar is None:
+    if params.temperature == 0 and not penalised and grammar is None and not params.logit_bias:
         return None
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
 
     def add(sampler: Any) -> None:
         llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+    if params.logit_bias:
+        add(new_logit_bias(params.logit_bias, n_vocab))
 
     if penalised:
         penalties = llama_cpp.llama_sampler_init_penalties(
@@ -94,3 +99,12 @@ def new_sampler(params: SamplingParams, n_vocab: int, grammar: Any = None) -> An
     seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
     add(llama_cpp.llama_sampler_init_dist(seed))
     return chain
+
+
+def new_logit_bias(bias: Sequence[tuple[int, float]], n_vocab: int) -> Any:
+    """llama.cpp's logit-bias sampler (it copies `bias`); free it, or the chain that owns it."""
+    entries = (llama_cpp.llama_logit_bias * len(bias))()
+    for entry, (token, value) in zip(entries, bias, strict=True):
+        entry.token = token
+        entry.bias = value
+    return llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(bias), entries)

@@ -19,6 +19,7 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
+import numpy.typing as npt
 
 from contract.wire import SamplingParams
 from worker.engine import (
@@ -32,6 +33,7 @@ from worker.engine import (
 from worker.grammar import TokenCheck, new_grammar_sampler
 from worker.llama_engine import ChatPrompt
 from worker.llama_native import LoadedModel, new_sampler, put_token
+from worker.logprobs import Logprobs, token_logprob
 from worker.stops import StopMatcher
 
 logger = logging.getLogger(__name__)
@@ -179,7 +181,7 @@ class StepLoop:
         link = None if grammar is None else new_grammar_sampler(self._model.vocab, grammar)
         chain = new_sampler(params, self._model.n_vocab, link)
         plain = params.temperature == 0 and not (
-            params.presence_penalty or params.frequency_penalty
+            params.presence_penalty or params.frequency_penalty or params.logit_bias
         )
         return chain, link if plain else None
 
@@ -277,22 +279,34 @@ class StepLoop:
                 self._release(seq, keep_cache=False)
             return
         for seq, index in outputs:
-            if seq.sampler is None:  # what the greedy sampler picks, in a quarter of the time
-                token = self._argmax(index)
-            elif seq.grammar is not None and self._token_check.allows(
-                seq.grammar, token := self._argmax(index)
-            ):
-                # The grammar allows the best token, so a masked argmax would pick it too; a
-                # full pass over the vocabulary is needed only when it does not.
-                llama_cpp.llama_sampler_accept(seq.sampler, token)
-            else:
-                token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index)
+            token = self._sample(seq, index)
+            top = seq.request.params.top_logprobs
+            if top is not None and not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
+                bias = seq.request.params.logit_bias
+                entry = token_logprob(self._logits(index), token, top, self._chat.piece, bias)
+                self._send(seq.request, Logprobs((entry,)))
             self._on_token(seq, token)
+
+    def _sample(self, seq: Generation, index: int) -> int:
+        if seq.sampler is None:  # what the greedy sampler picks, in a quarter of the time
+            return self._argmax(index)
+        if seq.grammar is not None and self._token_check.allows(
+            seq.grammar, token := self._argmax(index)
+        ):
+            # The grammar allows the best token, so a masked argmax would pick it too; a
+            # full pass over the vocabulary is needed only when it does not.
+            llama_cpp.llama_sampler_accept(seq.sampler, token)
+            return token
+        return int(llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, index))
+
+    def _logits(self, index: int) -> npt.NDArray[np.float32]:
+        """Output row `index`'s raw logits: a view, valid until the next decode."""
+        row = llama_cpp.llama_get_logits_ith(self._ctx, index)
+        return np.ctypeslib.as_array(row, shape=(self._model.n_vocab,))
 
     def _argmax(self, index: int) -> int:
         """The first highest logit of output row `index`, as llama.cpp's greedy sampler."""
-        row = llama_cpp.llama_get_logits_ith(self._ctx, index)
-        return int(np.ctypeslib.as_array(row, shape=(self._model.n_vocab,)).argmax())
+        return int(self._logits(index).argmax())
 
     def _on_token(self, seq: Generation, token: int) -> None:
         seq.completion_tokens += 1  # an end-of-generation token too: it cost a decode step

@@ -18,9 +18,6 @@ REPO = Path(__file__).resolve().parents[2]
 # A value each refused field cannot take here; the neutral values are accepted.
 REFUSED_VALUES: dict[str, Any] = {
     "store": True,
-    "logprobs": True,
-    "top_logprobs": 2,
-    "logit_bias": {"50256": -100},
     "functions": [{"name": "f", "parameters": {}}],
     "function_call": "auto",
     "modalities": ["text", "audio"],
@@ -33,9 +30,6 @@ REFUSED_VALUES: dict[str, Any] = {
 }
 NEUTRAL_VALUES: dict[str, list[Any]] = {
     "store": [False, None],
-    "logprobs": [False],
-    "top_logprobs": [0],
-    "logit_bias": [{}],
     "functions": [[]],
     "function_call": ["none"],
     "modalities": [["text"]],
@@ -103,3 +97,40 @@ def test_tool_fields_are_honoured_not_refused(fields: dict[str, Any]) -> None:
         assert FIELDS[name].support is Support.HONOURED
     refuse_unsupported(chat(**fields))
     chat_request_from_dict(chat(**fields))
+
+
+def test_logprobs_and_logit_bias_are_honoured() -> None:
+    for name in ("logprobs", "top_logprobs", "logit_bias"):
+        assert FIELDS[name].support is Support.HONOURED
+    sampling = chat_request_from_dict(
+        chat(logprobs=True, top_logprobs=3, logit_bias={"50256": -100, "7": 2.5})
+    ).sampling
+    assert sampling.top_logprobs == 3
+    assert sampling.logit_bias == ((50256, -100.0), (7, 2.5))
+    assert chat_request_from_dict(chat(logprobs=True)).sampling.top_logprobs == 0
+    neutral: dict[str, Any]
+    for neutral in ({"logprobs": False}, {"top_logprobs": 0}, {"logit_bias": {}}):
+        assert chat_request_from_dict(chat(**neutral)) == chat_request_from_dict(chat())
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "says"),
+    [
+        ({"top_logprobs": 2}, "top_logprobs", "'logprobs' must be set to true"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "between 0 and 20"),
+        ({"logprobs": "yes"}, "logprobs", "expected a boolean"),
+        ({"logit_bias": [1]}, "logit_bias", "expected an object"),
+        ({"logit_bias": {"x": 1}}, "logit_bias", "non-negative integers"),
+        ({"logit_bias": {"-1": 1}}, "logit_bias", "non-negative integers"),
+        ({"logit_bias": {"1": 101}}, "logit_bias", "between -100 and 100"),
+        ({"logit_bias": {"1": True}}, "logit_bias", "between -100 and 100"),
+        ({"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias", "at most 300"),
+    ],
+)
+def test_bad_logprobs_and_logit_bias_are_400s(
+    fields: dict[str, Any], param: str, says: str
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        chat_request_from_dict(chat(**fields))
+    assert (caught.value.status, caught.value.param) == (400, param)
+    assert says in caught.value.message

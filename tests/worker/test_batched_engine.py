@@ -69,7 +69,8 @@ async def generate_for(engine: Any, messages: Sequence[Message], params: Samplin
     async for item in engine.stream(messages, params):
         if isinstance(item, Finished):
             return "".join(deltas), item
-        deltas.append(item)
+        if isinstance(item, str):
+            deltas.append(item)
     raise AssertionError("no Finished")
 
 

@@ -14,6 +14,7 @@ from worker.engine import (
     Finished,
     InvalidPrompt,
     Item,
+    Output,
     PromptTooLong,
     check_prompt,
     completion_limit,
@@ -57,7 +58,7 @@ def test_the_completion_limit_is_the_room_left_shortened_by_max_tokens() -> None
     assert completion_limit(64, 60, 100) == 4
 
 
-async def collect(out: asyncio.Queue[Item], cancel: threading.Event) -> list[str | Finished]:
+async def collect(out: asyncio.Queue[Item], cancel: threading.Event) -> list[Output]:
     return [item async for item in relay(out, cancel)]
 
 

@@ -18,7 +18,8 @@ async def run(engine: FakeEngine, params: SamplingParams) -> tuple[str, Finished
     async for item in engine.stream(HELLO, params):
         if isinstance(item, Finished):
             return "".join(parts), item
-        parts.append(item)
+        if isinstance(item, str):
+            parts.append(item)
     raise AssertionError("no Finished")
 
 

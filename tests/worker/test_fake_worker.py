@@ -16,7 +16,7 @@ from contract.registry import WorkerState, read_snapshot, worker_key
 from contract.wire import SamplingParams
 from tests.waits import eventually
 from worker import appkeys
-from worker.engine import Finished, Prompt
+from worker.engine import Output, Prompt
 from worker.fake_engine import FakeEngine
 
 from .conftest import MODEL, RefusingEngine, StartWorker, WorkerClient
@@ -53,9 +53,7 @@ class RecordingEngine(FakeEngine):
         super().__init__(**kwargs)
         self.open_streams = 0
 
-    async def stream(
-        self, messages: Prompt, params: SamplingParams
-    ) -> AsyncIterator[str | Finished]:
+    async def stream(self, messages: Prompt, params: SamplingParams) -> AsyncIterator[Output]:
         self.open_streams += 1
         try:
             async for item in super().stream(messages, params):

@@ -60,7 +60,8 @@ async def generate(
     async for item in engine.stream(prompt, SamplingParams(**params)):
         if isinstance(item, Finished):
             return deltas, item
-        deltas.append(item)
+        if isinstance(item, str):
+            deltas.append(item)
     raise AssertionError("no Finished")
 
 
