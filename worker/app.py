@@ -109,12 +109,14 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Registers after the engine has loaded (its cleanup_ctx comes first)."""
+    """Registers after the engine has loaded (its cleanup_ctx comes first), or leaves that to
+    the CLI, which registers once its socket listens (REGISTER_ON_STARTUP)."""
     heartbeat = Heartbeat(
         app[appkeys.REDIS], app[appkeys.CONFIG], app[appkeys.ENGINE], app[appkeys.SLOTS]
     )
     app[appkeys.HEARTBEAT] = heartbeat
-    await heartbeat.start()
+    if app[appkeys.REGISTER_ON_STARTUP]:
+        await heartbeat.start()
     yield
     # 1-2. Drain. The CLI drains before closing the listening socket; run_app and tests reach
     #      here through on_shutdown or directly, and drain() is then a no-op or the only drain.
@@ -129,8 +131,12 @@ async def drain_on_shutdown(app: web.Application) -> None:
     await app[appkeys.HEARTBEAT].drain()
 
 
-def create_app(config: WorkerConfig, engine: Engine | None = None) -> web.Application:
-    """The worker app; `engine` defaults to the one `config` names (tests may pass their own)."""
+def create_app(
+    config: WorkerConfig, engine: Engine | None = None, *, register_on_startup: bool = True
+) -> web.Application:
+    """The worker app; `engine` defaults to the one `config` names (tests may pass their own).
+    With `register_on_startup` False the caller starts the heartbeat itself (worker.cli does,
+    once its socket listens, so no router is sent to a port that refuses)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     engine = engine if engine is not None else build_engine(config)
     slots = SlotQueue(engine.slots, config.max_queue)
@@ -142,6 +148,7 @@ def create_app(config: WorkerConfig, engine: Engine | None = None) -> web.Applic
     app[appkeys.SLOTS] = slots
     app[appkeys.METRICS] = metrics
     app[appkeys.STARTED_S] = int(time.time())
+    app[appkeys.REGISTER_ON_STARTUP] = register_on_startup
 
     app.cleanup_ctx.append(engine_ctx)
     app.cleanup_ctx.append(redis_ctx)

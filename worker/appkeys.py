@@ -22,3 +22,5 @@ METRICS: web.AppKey[WorkerMetrics] = web.AppKey("metrics")
 REDIS: web.AppKey[Redis[Any]] = web.AppKey("redis")
 HEARTBEAT: web.AppKey[Heartbeat] = web.AppKey("heartbeat")
 STARTED_S = web.AppKey("started_s", int)  # unix seconds; the model object's `created`
+# False: the owner of the listening socket registers the worker once it accepts connections.
+REGISTER_ON_STARTUP = web.AppKey("register_on_startup", bool)

@@ -49,7 +49,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 async def serve(config: WorkerConfig) -> None:
-    app = create_app(config)
+    app = create_app(config, register_on_startup=False)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -62,9 +62,11 @@ async def serve(config: WorkerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await runner.setup()  # loads the model, then registers
+        await runner.setup()  # loads the model
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
+        # Registered only now: a router that hears of this worker finds its port listening.
+        await app[appkeys.HEARTBEAT].start()
         logger.info(
             "worker %s serving %s on http://%s:%d (engine %s)",
             config.worker_id,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -81,3 +83,20 @@ def test_sigterm_drains_in_flight_stream_then_exits(tmp_path: Path, redis_url: s
         redis.close()
     finally:
         worker.stop()
+
+
+def test_the_record_appears_only_once_the_port_listens(tmp_path: Path, redis_url: str) -> None:
+    """A router that hears of the worker must find its port open: registration follows listen."""
+    worker = worker_process(tmp_path, redis_url, "w-listen", engine="fake")
+    redis = SyncRedis.from_url(redis_url)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not redis.exists(worker_key("w-listen")):
+            assert time.monotonic() < deadline, "the worker never registered"
+            time.sleep(0.001)
+        with socket.create_connection(("127.0.0.1", worker.port), timeout=1):
+            pass  # refused would raise ConnectionRefusedError
+    finally:
+        worker.stop()
+        redis.close()
