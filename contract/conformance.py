@@ -69,7 +69,7 @@ FIELDS: Final[Mapping[str, Field]] = {
     "logprobs": Field(_H, "log-softmax of the biased logits, before temperature and top_p"),
     "top_logprobs": Field(_H, "0 to 20; needs `logprobs: true` unless 0"),
     "logit_bias": Field(_H, "token id to -100..100, at most 300; -100 bans a token"),
-    "n": Field(_H, "1 only; other values are refused"),
+    "n": Field(_H, "1 to 128, one after another; with `seed`, choice i uses seed + i"),
     "response_format": Field(_H, "`text`, `json_object`, `json_schema` (grammar-constrained)"),
     "tools": Field(_H, "function tools; the model's template or a generic tool prompt"),
     "tool_choice": Field(_H, "`none`, `auto`, `required`, a named function (grammar-constrained)"),

@@ -33,6 +33,7 @@ MAX_STOP = 4
 MAX_TOKENS_LIMIT = 2**31 - 1
 MAX_LOGIT_BIAS = 300
 MAX_TOP_LOGPROBS = 20
+MAX_CHOICES = 128  # OpenAI's bound on `n`
 SEED_LIMIT = 2**63
 
 
@@ -69,6 +70,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     sampling: SamplingParams = SamplingParams()
+    n: int = 1  # choices to generate, one after another
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -100,10 +102,7 @@ def chat_request_from_dict(data: dict[str, Any]) -> ChatRequest:
     if max_tokens is None:
         max_tokens = legacy_max
 
-    n = _optional_int(data, "n", 1, 128)
-    if n is not None and n != 1:
-        raise InvalidRequest("Only n=1 is supported.", param="n")
-
+    n = _optional_int(data, "n", 1, MAX_CHOICES) or 1
     temperature = _optional_number(data, "temperature", 0.0, 2.0)
     top_p = _optional_number(data, "top_p", 0.0, 1.0)
     presence = _optional_number(data, "presence_penalty", -2.0, 2.0)
@@ -132,6 +131,7 @@ def chat_request_from_dict(data: dict[str, Any]) -> ChatRequest:
             logit_bias=_logit_bias(data.get("logit_bias")),
             top_logprobs=top_logprobs,
         ),
+        n=n,
     )
 
 

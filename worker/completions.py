@@ -7,10 +7,11 @@ byte-level diffs against them stay readable.
 
 from __future__ import annotations
 
+import copy
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from contract import sse
@@ -24,11 +25,23 @@ def new_completion_id(prefix: str = "chatcmpl-") -> str:
     return prefix + secrets.token_hex(15)
 
 
-def usage(finished: Finished) -> dict[str, int]:
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What one choice of a whole answer came to: its text, finish and tokens' logprobs."""
+
+    text: str
+    finished: Finished
+    logprobs: Sequence[TokenLogprob] = ()
+
+
+def usage(*finished: Finished) -> dict[str, int]:
+    """One answer's usage over its choices: the prompt counted once, their completions summed."""
+    prompt = finished[0].prompt_tokens
+    completion_tokens = sum(done.completion_tokens for done in finished)
     return {
-        "prompt_tokens": finished.prompt_tokens,
-        "completion_tokens": finished.completion_tokens,
-        "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
     }
 
 
@@ -40,40 +53,45 @@ def tool_call_object(call: ToolCall) -> dict[str, Any]:
     }
 
 
-def completion(
-    completion_id: str,
-    model: str,
+def chat_choice(
+    index: int,
     content: str | None,
     finished: Finished,
     tool_calls: tuple[ToolCall, ...] = (),
     logprobs: Sequence[TokenLogprob] | None = None,
 ) -> dict[str, Any]:
-    """A chat.completion; `logprobs` None when not asked for."""
+    """One choice of a chat.completion; `logprobs` None when not asked for."""
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
     if tool_calls:
         message["tool_calls"] = [tool_call_object(call) for call in tool_calls]
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": None if logprobs is None else logprobs_object(logprobs),
+        "finish_reason": finished.reason,
+    }
+
+
+def completion(
+    completion_id: str, model: str, choices: list[dict[str, Any]], usage: dict[str, int]
+) -> dict[str, Any]:
+    """A chat.completion."""
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None if logprobs is None else logprobs_object(logprobs),
-                "finish_reason": finished.reason,
-            }
-        ],
-        "usage": usage(finished),
+        "choices": choices,
+        "usage": usage,
         "system_fingerprint": None,
     }
 
 
 class ChunkWriter:
-    """Builds the frames of one streamed completion; every chunk shares id, created and model."""
+    """Builds the frames of one streamed completion; every chunk shares id, created and model,
+    and carries the index of its choice."""
 
-    __slots__ = ("_created", "_id", "_include_usage", "_model", "_usage_trailer")
+    __slots__ = ("_created", "_id", "_include_usage", "_index", "_model", "_usage_trailer")
 
     def __init__(
         self, completion_id: str, model: str, *, include_usage: bool, usage_trailer: bool = False
@@ -83,6 +101,13 @@ class ChunkWriter:
         self._model = model
         self._include_usage = include_usage
         self._usage_trailer = usage_trailer  # see contract.sse
+        self._index = 0
+
+    def choice(self, index: int) -> ChunkWriter:
+        """A writer of the same completion for choice `index`."""
+        writer = copy.copy(self)
+        writer._index = index
+        return writer
 
     def _chunk(
         self,
@@ -99,7 +124,7 @@ class ChunkWriter:
             "system_fingerprint": None,
             "choices": [
                 {
-                    "index": 0,
+                    "index": self._index,
                     "delta": delta,
                     "logprobs": choice_logprobs,
                     "finish_reason": finish_reason,
@@ -123,9 +148,14 @@ class ChunkWriter:
         arguments = {"index": index, "function": {"arguments": call.arguments}}
         return self._chunk({"tool_calls": [head]}) + self._chunk({"tool_calls": [arguments]})
 
-    def finish(self, finished: Finished) -> bytes:
-        """The finish chunk, then (if asked for) the usage chunk, then [DONE]."""
-        frames = self._chunk({}, finished.reason)
+    def finish(self, reason: FinishReason) -> bytes:
+        """This choice's finish chunk."""
+        return self._chunk({}, reason)
+
+    def end(self, usage: dict[str, int]) -> bytes:
+        """What ends the stream, once after every choice: the usage chunk (if asked for), the
+        usage trailer (if asked for), then [DONE]."""
+        frames = b""
         if self._include_usage:
             frames += sse.frame(
                 {
@@ -135,11 +165,11 @@ class ChunkWriter:
                     "model": self._model,
                     "system_fingerprint": None,
                     "choices": [],
-                    "usage": usage(finished),
+                    "usage": usage,
                 }
             )
         if self._usage_trailer:
-            frames += sse.usage_trailer(usage(finished))
+            frames += sse.usage_trailer(usage)
         return frames + sse.DONE
 
 
@@ -153,7 +183,7 @@ def _called(finished: Finished, called: bool) -> Finished:
 class ChatAnswer:
     """A chat completion: text, or tool calls parsed out of it when the request has tools."""
 
-    __slots__ = ("_calls", "_chunks", "_held", "_logprobs", "_model", "_parser", "_tools")
+    __slots__ = ("_chunks", "_logprobs", "_model", "_tools")
     prompt_param = "messages"
 
     def __init__(
@@ -167,24 +197,43 @@ class ChatAnswer:
     ) -> None:
         self._model = model
         self._logprobs = logprobs  # asked for: every content chunk carries its tokens' entries
-        self._held: list[TokenLogprob] = []  # entries of tokens whose text is not out yet
         self._tools = tools
         self._chunks = ChunkWriter(
             new_completion_id(), model, include_usage=include_usage, usage_trailer=usage_trailer
         )
+
+    def whole(self, choices: Sequence[Choice]) -> dict[str, Any]:
+        body = [self._whole_choice(index, choice) for index, choice in enumerate(choices)]
+        total = usage(*(choice.finished for choice in choices))
+        return completion(new_completion_id(), self._model, body, total)
+
+    def _whole_choice(self, index: int, choice: Choice) -> dict[str, Any]:
+        content: str | None = choice.text
+        calls: tuple[ToolCall, ...] = ()
+        if self._tools is not None and choice.text:
+            content, calls = split_answer(choice.text, self._tools)
+        done = _called(choice.finished, bool(calls))
+        entries = choice.logprobs if self._logprobs else None
+        return chat_choice(index, content, done, calls, entries)
+
+    def choice(self, index: int) -> ChatChoiceStream:
+        return ChatChoiceStream(self._chunks.choice(index), self._tools, logprobs=self._logprobs)
+
+    def end(self, finished: Sequence[Finished]) -> bytes:
+        return self._chunks.end(usage(*finished))
+
+
+class ChatChoiceStream:
+    """One streamed chat choice: its role delta, content or tool-call deltas, finish chunk."""
+
+    __slots__ = ("_calls", "_chunks", "_held", "_logprobs", "_parser")
+
+    def __init__(self, chunks: ChunkWriter, tools: Tools | None, *, logprobs: bool) -> None:
+        self._chunks = chunks
+        self._logprobs = logprobs
+        self._held: list[TokenLogprob] = []  # entries of tokens whose text is not out yet
         self._parser = None if tools is None else ToolCallParser(tools)
         self._calls = 0
-
-    def whole(
-        self, text: str, finished: Finished, logprobs: Sequence[TokenLogprob] = ()
-    ) -> dict[str, Any]:
-        content: str | None = text
-        calls: tuple[ToolCall, ...] = ()
-        if self._tools is not None and text:
-            content, calls = split_answer(text, self._tools)
-        done = _called(finished, bool(calls))
-        entries = logprobs if self._logprobs else None
-        return completion(new_completion_id(), self._model, content, done, calls, entries)
 
     def opening(self) -> bytes:
         return self._chunks.role()
@@ -196,13 +245,13 @@ class ChatAnswer:
             return self._content(text) if text else b""
         return self._parsed(self._parser.feed(text))
 
-    def closing(self, finished: Finished, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
+    def finish(self, finished: Finished, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
         if self._logprobs:
             self._held.extend(logprobs)
         held = b"" if self._parser is None else self._parsed(self._parser.finish())
         if self._held:  # tokens whose text never went out (a stop string, a tool call)
             held += self._content("")
-        return held + self._chunks.finish(_called(finished, self._calls > 0))
+        return held + self._chunks.finish(_called(finished, self._calls > 0).reason)
 
     def _content(self, text: str) -> bytes:
         if not self._logprobs:
@@ -245,25 +294,43 @@ class TextAnswer:
         }
 
     @staticmethod
-    def _choice(text: str, reason: FinishReason | None) -> dict[str, Any]:
-        return {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
+    def _choice(index: int, text: str, reason: FinishReason | None) -> dict[str, Any]:
+        return {"text": text, "index": index, "logprobs": None, "finish_reason": reason}
 
-    def whole(
-        self, text: str, finished: Finished, logprobs: Sequence[TokenLogprob] = ()
-    ) -> dict[str, Any]:
-        """`logprobs` are never asked for here (contract.text refuses them)."""
-        return self._object([self._choice(text, finished.reason)]) | {"usage": usage(finished)}
+    def whole(self, choices: Sequence[Choice]) -> dict[str, Any]:
+        """Logprobs are never asked for here (contract.text refuses them)."""
+        body = [self._choice(i, c.text, c.finished.reason) for i, c in enumerate(choices)]
+        return self._object(body) | {"usage": usage(*(c.finished for c in choices))}
+
+    def chunk(self, index: int, text: str, reason: FinishReason | None = None) -> bytes:
+        return sse.frame(self._object([self._choice(index, text, reason)]))
+
+    def choice(self, index: int) -> TextChoiceStream:
+        return TextChoiceStream(self, index)
+
+    def end(self, finished: Sequence[Finished]) -> bytes:
+        frames = b""
+        if self._include_usage:
+            frames += sse.frame(self._object([]) | {"usage": usage(*finished)})
+        if self._usage_trailer:
+            frames += sse.usage_trailer(usage(*finished))
+        return frames + sse.DONE
+
+
+class TextChoiceStream:
+    """One streamed text choice: its text chunks, then its finish chunk."""
+
+    __slots__ = ("_answer", "_index")
+
+    def __init__(self, answer: TextAnswer, index: int) -> None:
+        self._answer = answer
+        self._index = index
 
     def opening(self) -> bytes:
         return b""
 
     def feed(self, text: str, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
-        return sse.frame(self._object([self._choice(text, None)])) if text else b""
+        return self._answer.chunk(self._index, text) if text else b""
 
-    def closing(self, finished: Finished, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
-        frames = sse.frame(self._object([self._choice("", finished.reason)]))
-        if self._include_usage:
-            frames += sse.frame(self._object([]) | {"usage": usage(finished)})
-        if self._usage_trailer:
-            frames += sse.usage_trailer(usage(finished))
-        return frames + sse.DONE
+    def finish(self, finished: Finished, logprobs: Sequence[TokenLogprob] = ()) -> bytes:
+        return self._answer.chunk(self._index, "", finished.reason)

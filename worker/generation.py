@@ -1,11 +1,12 @@
 """One generation, from a slot to the last byte, whatever kind of completion it answers.
 
-A handler parses its request and hands `generate` the prompt, the sampling parameters and an
-`Answer` (worker.completions), which knows how its kind of completion is written: whole as JSON,
-or streamed as SSE frames. Everything else is shared: the slot, errors before the first output as
-clean HTTP errors (`engine_api_error` is the one place engine errors become HTTP errors), errors
-after it as an SSE error event, the generation metrics, and closing the engine stream on every
-way out, which stops the engine at its next token.
+A handler parses its request and hands `generate` the prompt, the sampling parameters, the
+number of choices and an `Answer` (worker.completions), which knows how its kind of completion is
+written: whole as JSON, or streamed as SSE frames. The choices run one after another in the
+request's one slot, so slot accounting stays one stream per slot. Everything else is shared: the
+slot, errors before the first output as clean HTTP errors (`engine_api_error` is the one place
+engine errors become HTTP errors), errors after it as an SSE error event, the generation metrics,
+and closing the engine stream on every way out, which stops the engine at its next token.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import orjson
@@ -27,6 +30,7 @@ from contract.errors import (
 )
 from contract.wire import SamplingParams
 from worker import appkeys
+from worker.completions import Choice
 from worker.engine import (
     EngineError,
     EngineStopped,
@@ -47,20 +51,11 @@ Outputs = AsyncIterator[Output]
 Entries = Sequence[TokenLogprob]
 
 
-class Answer(Protocol):
-    """How one kind of completion (chat, text) is written."""
-
-    @property
-    def prompt_param(self) -> str:
-        """The request field a refused prompt is blamed on (`messages`, `prompt`)."""
-        ...
-
-    def whole(self, text: str, finished: Finished, logprobs: Entries) -> dict[str, Any]:
-        """The JSON body of a whole answer; `logprobs` are every token's, when asked for."""
-        ...
+class ChoiceStream(Protocol):
+    """How one choice of a streamed answer is written."""
 
     def opening(self) -> bytes:
-        """The SSE frames before the first output (chat: the role delta)."""
+        """The SSE frames before the choice's first output (chat: the role delta)."""
         ...
 
     def feed(self, text: str, logprobs: Entries) -> bytes:
@@ -68,10 +63,37 @@ class Answer(Protocol):
         what it cannot send yet (e.g. a tool call's text) it holds, logprobs included."""
         ...
 
-    def closing(self, finished: Finished, logprobs: Entries) -> bytes:
-        """What is held back (text, logprobs not yet sent), the finish chunk, the usage chunk or
-        trailer, then [DONE]."""
+    def finish(self, finished: Finished, logprobs: Entries) -> bytes:
+        """What is held back (text, logprobs not yet sent), then the choice's finish chunk."""
         ...
+
+
+class Answer(Protocol):
+    """How one kind of completion (chat, text) is written, whole or streamed, for n choices."""
+
+    @property
+    def prompt_param(self) -> str:
+        """The request field a refused prompt is blamed on (`messages`, `prompt`)."""
+        ...
+
+    def whole(self, choices: Sequence[Choice]) -> dict[str, Any]:
+        """The JSON body of a whole answer; a choice's logprobs are every token's, when asked."""
+        ...
+
+    def choice(self, index: int) -> ChoiceStream:
+        """The writer of streamed choice `index`."""
+        ...
+
+    def end(self, finished: Sequence[Finished]) -> bytes:
+        """What ends a stream after its last choice: the usage chunk or trailer, then [DONE]."""
+        ...
+
+
+def choice_sampling(sampling: SamplingParams, index: int) -> SamplingParams:
+    """Choice i samples with seed + i, so a seeded request's choices differ yet repeat."""
+    if index == 0 or sampling.seed is None:
+        return sampling
+    return replace(sampling, seed=sampling.seed + index)
 
 
 def engine_api_error(exc: EngineError, prompt_param: str = "messages") -> ApiError:
@@ -93,117 +115,152 @@ def engine_api_error(exc: EngineError, prompt_param: str = "messages") -> ApiErr
 
 
 async def generate(
-    request: web.Request, prompt: Prompt, sampling: SamplingParams, stream: bool, answer: Answer
+    request: web.Request,
+    prompt: Prompt,
+    sampling: SamplingParams,
+    stream: bool,
+    answer: Answer,
+    n: int = 1,
 ) -> web.StreamResponse:
-    """Wait for a slot (503 if refused), then generate and answer."""
+    """Wait for a slot (503 if refused), then generate the n choices one after another in it."""
     slots = request.app[appkeys.SLOTS]
     metrics = request.app[appkeys.METRICS]
     arrived = time.monotonic()
+    generation = _Generation(request, prompt, sampling, answer, n)
     try:
         async with slots.slot():
             metrics.queue_wait.observe(time.monotonic() - arrived)
-            return await _generate(request, prompt, sampling, stream, answer)
+            if stream:
+                return await _send_stream(generation)
+            return await _collect(generation)
     except ServiceUnavailable:
         metrics.rejected.inc()
         raise
 
 
-async def _generate(
-    request: web.Request, prompt: Prompt, sampling: SamplingParams, stream: bool, answer: Answer
-) -> web.StreamResponse:
-    engine = request.app[appkeys.ENGINE]
-    metrics = request.app[appkeys.METRICS]
-    started = time.monotonic()
-    outputs = engine.stream(prompt, sampling)
-    try:
+@dataclass(frozen=True, slots=True)
+class _Generation:
+    request: web.Request
+    prompt: Prompt
+    sampling: SamplingParams
+    answer: Answer
+    n: int
+
+    async def outputs(self, index: int, *, sent: bool) -> AsyncGenerator[Output, None]:
+        """Choice `index`'s outputs, Finished last. Until something was `sent`, errors before
+        the first output (context too long, engine failure) stay clean HTTP errors; after, any
+        failure is an ApiError the stream can render. Closing this closes the engine stream,
+        which stops the engine at its next token whatever happened (done, error, cancelled)."""
+        app = self.request.app
+        metrics = app[appkeys.METRICS]
+        started = time.monotonic()
+        outputs = app[appkeys.ENGINE].stream(self.prompt, choice_sampling(self.sampling, index))
+        param = self.answer.prompt_param
         try:
-            # Errors before the first output (context too long, engine failure) are clean
-            # HTTP errors; the first output also marks the end of the prompt phase.
-            first = await anext(outputs)
-        except StopAsyncIteration:
-            raise RuntimeError("engine stream ended without Finished") from None
-        except EngineError as exc:
-            raise engine_api_error(exc, answer.prompt_param) from None
-        except Exception:
-            metrics.engine_errors.inc()
-            raise
-        first_at = time.monotonic()
-        if stream:
-            response, finished = await _send_stream(request, answer, first, outputs)
-        else:
-            response, finished = await _collect(request, answer, first, outputs)
-        if finished is not None:
+            if sent:
+                item = await _next_output(self.request, outputs, param)
+            else:
+                item = await _first_output(self.request, outputs, param)
+            first_at = time.monotonic()  # the end of the prompt phase
+            while not isinstance(item, Finished):
+                yield item
+                item = await _next_output(self.request, outputs, param)
             metrics.observe_generation(
-                prompt_tokens=finished.prompt_tokens,
-                completion_tokens=finished.completion_tokens,
+                prompt_tokens=item.prompt_tokens,
+                completion_tokens=item.completion_tokens,
                 prompt_s=first_at - started,
                 generation_s=time.monotonic() - first_at,
             )
-        return response
-    finally:
-        # Stops the engine at its next token whatever happened (done, error, cancelled).
-        if isinstance(outputs, AsyncGenerator):
-            await outputs.aclose()
+            yield item
+        finally:
+            if isinstance(outputs, AsyncGenerator):
+                await outputs.aclose()
 
 
-async def _collect(
-    request: web.Request, answer: Answer, first: Output, rest: Outputs
-) -> tuple[web.StreamResponse, Finished]:
-    parts: list[str] = []
-    entries: list[TokenLogprob] = []
-    item = first
-    while not isinstance(item, Finished):
-        if isinstance(item, Logprobs):
-            entries.extend(item.entries)
-        else:
-            parts.append(item)
-        item = await _next_output(request, rest)
-    body = orjson.dumps(answer.whole("".join(parts), item, entries))
-    return web.Response(body=body, content_type=JSON), item
+async def _collect(generation: _Generation) -> web.StreamResponse:
+    choices: list[Choice] = []
+    for index in range(generation.n):
+        parts: list[str] = []
+        entries: list[TokenLogprob] = []
+        async with aclosing(generation.outputs(index, sent=False)) as outputs:
+            async for item in outputs:
+                if isinstance(item, Finished):
+                    choices.append(Choice("".join(parts), item, entries))
+                elif isinstance(item, Logprobs):
+                    entries.extend(item.entries)
+                else:
+                    parts.append(item)
+    body = orjson.dumps(generation.answer.whole(choices))
+    return web.Response(body=body, content_type=JSON)
 
 
-async def _send_stream(
-    request: web.Request, answer: Answer, first: Output, rest: Outputs
-) -> tuple[web.StreamResponse, Finished | None]:
+async def _send_stream(generation: _Generation) -> web.StreamResponse:
     response = web.StreamResponse(headers=sse.HEADERS)
-    await response.prepare(request)
+    finished: list[Finished] = []
     try:
-        opening = answer.opening()
-        if opening:
-            await response.write(opening)
-        item = first
-        pending: list[TokenLogprob] = []  # logprobs of tokens whose text has not gone out yet
-        while not isinstance(item, Finished):
-            if isinstance(item, Logprobs):
-                pending.extend(item.entries)
-            else:
-                frames = answer.feed(item, pending)
-                pending = []
-                if frames:
-                    await response.write(frames)
-            try:
-                item = await _next_output(request, rest)
-            except ApiError as exc:
-                await response.write(sse.error_event(exc))
-                await response.write_eof()
-                return response, None
-        await response.write(answer.closing(item, pending))
+        try:
+            for index in range(generation.n):
+                sent = response.prepared
+                async with aclosing(generation.outputs(index, sent=sent)) as outputs:
+                    first = await anext(outputs)
+                    if not sent:
+                        await response.prepare(generation.request)
+                    choice = generation.answer.choice(index)
+                    finished.append(await _send_choice(response, choice, first, outputs))
+        except ApiError as exc:
+            if not response.prepared:
+                raise
+            await response.write(sse.error_event(exc))
+        else:
+            await response.write(generation.answer.end(finished))
         await response.write_eof()
     except ConnectionResetError:
-        # The client left between writes; the caller's finally stops the engine.
+        # The client left between writes; closing the outputs stopped the engine.
         logger.debug("client disconnected mid-stream")
-        return response, None
-    return response, item
+    return response
 
 
-async def _next_output(request: web.Request, outputs: Outputs) -> Output:
+async def _send_choice(
+    response: web.StreamResponse, choice: ChoiceStream, first: Output, rest: Outputs
+) -> Finished:
+    opening = choice.opening()
+    if opening:
+        await response.write(opening)
+    item = first
+    pending: list[TokenLogprob] = []  # logprobs of tokens whose text has not gone out yet
+    while not isinstance(item, Finished):
+        if isinstance(item, Logprobs):
+            pending.extend(item.entries)
+        else:
+            frames = choice.feed(item, pending)
+            pending = []
+            if frames:
+                await response.write(frames)
+        item = await anext(rest)
+    await response.write(choice.finish(item, pending))
+    return item
+
+
+async def _first_output(request: web.Request, outputs: Outputs, prompt_param: str) -> Output:
+    try:
+        return await anext(outputs)
+    except StopAsyncIteration:
+        raise RuntimeError("engine stream ended without Finished") from None
+    except EngineError as exc:
+        raise engine_api_error(exc, prompt_param) from None
+    except Exception:
+        request.app[appkeys.METRICS].engine_errors.inc()
+        raise
+
+
+async def _next_output(request: web.Request, outputs: Outputs, prompt_param: str) -> Output:
     """The next engine output; an engine failure becomes an ApiError the caller can render."""
     try:
         return await anext(outputs)
     except StopAsyncIteration:
         logger.error("engine stream ended without Finished")
     except EngineError as exc:
-        raise engine_api_error(exc) from None
+        raise engine_api_error(exc, prompt_param) from None
     except Exception:
         logger.exception("engine failed mid-generation")
     request.app[appkeys.METRICS].engine_errors.inc()

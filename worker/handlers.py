@@ -85,7 +85,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         usage_trailer=sse.USAGE_TRAILER_HEADER in request.headers,
         logprobs=chat.sampling.top_logprobs is not None,
     )
-    return await generate(request, chat.messages, chat.sampling, chat.stream, answer)
+    return await generate(request, chat.messages, chat.sampling, chat.stream, answer, chat.n)
 
 
 async def list_models(request: web.Request) -> web.Response:

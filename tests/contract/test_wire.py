@@ -143,7 +143,6 @@ REFUSALS: list[tuple[dict[str, Any], str, str | None]] = [
     ({"max_completion_tokens": 0}, "max_completion_tokens", "integer_below_min_value"),
     # Both are checked, even where max_completion_tokens would win.
     ({"max_completion_tokens": 5, "max_tokens": -1}, "max_tokens", "integer_below_min_value"),
-    ({"n": 2}, "n", None),
     ({"n": 0}, "n", "integer_below_min_value"),
     ({"n": 129}, "n", "integer_out_of_range"),
     ({"n": "1"}, "n", None),
@@ -222,8 +221,15 @@ def test_integer_bounds_are_inclusive() -> None:
     assert sampling_of(max_tokens=MAX_TOKENS_LIMIT).max_tokens == MAX_TOKENS_LIMIT
     assert sampling_of(seed=-SEED_LIMIT).seed == -SEED_LIMIT
     assert sampling_of(seed=SEED_LIMIT - 1).seed == SEED_LIMIT - 1
-    assert chat_request_from_dict(chat(n=1)).model == "m"  # n is checked, not carried
+    assert chat_request_from_dict(chat(n=1)).n == 1
+    assert chat_request_from_dict(chat(n=128)).n == 128
     assert sampling_of(max_tokens=5.0).max_tokens == 5  # a whole float counts
+
+
+def test_n_is_carried_and_defaults_to_one() -> None:
+    assert chat_request_from_dict(chat()).n == 1
+    assert chat_request_from_dict(chat(n=3)).n == 3
+    assert chat_request_from_dict(chat(n=2.0)).n == 2
 
 
 def test_max_completion_tokens_wins_over_max_tokens() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from contract import sse
-from worker.completions import ChunkWriter, completion, new_completion_id, usage
+from worker.completions import ChunkWriter, chat_choice, completion, new_completion_id, usage
 from worker.engine import Finished
 
 DONE = Finished("stop", prompt_tokens=7, completion_tokens=3)
@@ -38,8 +38,14 @@ def test_usage_adds_up() -> None:
     assert usage(DONE) == USAGE
 
 
+def test_usage_counts_the_prompt_once_and_sums_the_choices() -> None:
+    second = Finished("length", prompt_tokens=7, completion_tokens=5)
+    assert usage(DONE, second) == {"prompt_tokens": 7, "completion_tokens": 8, "total_tokens": 15}
+
+
 def test_json_completion_has_openais_keys_in_openais_order() -> None:
-    body = completion("chatcmpl-x", "m", "Hello there", Finished("length", 7, 3))
+    done = Finished("length", 7, 3)
+    body = completion("chatcmpl-x", "m", [chat_choice(0, "Hello there", done)], usage(done))
     assert list(body) == [
         "id", "object", "created", "model", "choices", "usage", "system_fingerprint",
     ]  # fmt: skip
@@ -57,7 +63,7 @@ def test_json_completion_has_openais_keys_in_openais_order() -> None:
 
 def test_chunks_share_id_created_and_model() -> None:
     writer = ChunkWriter("chatcmpl-x", "m", include_usage=False)
-    chunks = [data(writer.role()), data(writer.content("Hi")), data(frames(writer.finish(DONE))[0])]
+    chunks = [data(writer.role()), data(writer.content("Hi")), data(writer.finish("stop"))]
     assert {(c["id"], c["created"], c["model"], c["object"]) for c in chunks} == {
         ("chatcmpl-x", chunks[0]["created"], "m", "chat.completion.chunk")
     }
@@ -69,17 +75,27 @@ def test_chunks_share_id_created_and_model() -> None:
     assert all("usage" not in c for c in chunks)
 
 
-def test_finish_without_usage_is_the_finish_chunk_then_done() -> None:
-    finish = frames(ChunkWriter("chatcmpl-x", "m", include_usage=False).finish(DONE))
-    assert len(finish) == 2
-    assert finish[1] == sse.DONE
+def test_each_choice_carries_its_index_in_the_same_completion() -> None:
+    writer = ChunkWriter("chatcmpl-x", "m", include_usage=False)
+    second = writer.choice(1)
+    first_chunk, second_chunk = data(writer.content("a")), data(second.content("b"))
+    assert (first_chunk["choices"][0]["index"], second_chunk["choices"][0]["index"]) == (0, 1)
+    assert first_chunk["id"] == second_chunk["id"] == "chatcmpl-x"
+    assert first_chunk["created"] == second_chunk["created"]
+
+
+def test_finish_is_one_chunk_and_without_usage_the_end_is_done() -> None:
+    writer = ChunkWriter("chatcmpl-x", "m", include_usage=False)
+    assert len(frames(writer.finish("stop"))) == 1
+    assert writer.end(USAGE) == sse.DONE
 
 
 def test_include_usage_adds_null_usage_to_chunks_and_a_usage_chunk_before_done() -> None:
     writer = ChunkWriter("chatcmpl-x", "m", include_usage=True)
     assert data(writer.content("Hi"))["usage"] is None
-    finish, usage_chunk, done = frames(writer.finish(DONE))
-    assert data(finish)["usage"] is None
+    finish = data(writer.finish("stop"))
+    usage_chunk, done = frames(writer.end(USAGE))
+    assert finish["usage"] is None
     assert data(usage_chunk)["choices"] == []
     assert data(usage_chunk)["usage"] == USAGE
     assert data(usage_chunk)["id"] == "chatcmpl-x"
@@ -88,8 +104,7 @@ def test_include_usage_adds_null_usage_to_chunks_and_a_usage_chunk_before_done()
 
 def test_usage_trailer_is_a_comment_frame_just_before_done() -> None:
     writer = ChunkWriter("chatcmpl-x", "m", include_usage=False, usage_trailer=True)
-    finish, trailer, done = frames(writer.finish(DONE))
-    assert data(finish)["choices"][0]["finish_reason"] == "stop"
+    trailer, done = frames(writer.end(USAGE))
     assert trailer.startswith(sse.USAGE_TRAILER_PREFIX)
     assert sse.trailer_total_tokens(trailer) == 10
     assert done == sse.DONE

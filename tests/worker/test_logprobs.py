@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from contract.wire import SamplingParams
-from worker.completions import ChatAnswer
+from worker.completions import ChatAnswer, Choice
 from worker.engine import Finished
 from worker.fake_engine import TOKEN_LOGPROB, FakeEngine
 from worker.logprobs import Logprobs, TokenLogprob, entry_object, token_logprob
@@ -53,14 +53,16 @@ def entry(token: str) -> TokenLogprob:
 
 
 def test_held_back_entries_go_out_with_the_next_text_or_at_the_end() -> None:
-    answer = ChatAnswer("m", None, include_usage=False, usage_trailer=False, logprobs=True)
+    answer = ChatAnswer("m", None, include_usage=False, usage_trailer=False, logprobs=True).choice(
+        0
+    )
     assert answer.feed("", [entry("\xe2")]) == b""  # half a character: no text yet
     (first,) = chunks(answer.feed("€", [entry("\x82\xac")]))
     assert first["choices"][0]["delta"] == {"content": "€"}
     assert [e["token"] for e in first["choices"][0]["logprobs"]["content"]] == ["\xe2", "\x82\xac"]
     assert first["choices"][0]["logprobs"]["refusal"] is None
     answer.feed("", [entry("STOP")])  # a stop string's token: an entry, no text
-    last, finish = chunks(answer.closing(Finished("stop", 3, 3), []))
+    last, finish = chunks(answer.finish(Finished("stop", 3, 3), []))
     assert last["choices"][0]["delta"] == {"content": ""}
     assert [e["token"] for e in last["choices"][0]["logprobs"]["content"]] == ["STOP"]
     assert finish["choices"][0]["logprobs"] is None
@@ -69,11 +71,11 @@ def test_held_back_entries_go_out_with_the_next_text_or_at_the_end() -> None:
 def test_whole_answers_carry_logprobs_only_when_asked() -> None:
     done = Finished("length", 3, 1)
     asked = ChatAnswer("m", None, include_usage=False, usage_trailer=False, logprobs=True)
-    body = asked.whole("hi", done, [entry("hi")])
+    body = asked.whole([Choice("hi", done, [entry("hi")])])
     assert body["choices"][0]["logprobs"]["content"][0]["token"] == "hi"
     plain = ChatAnswer("m", None, include_usage=False, usage_trailer=False)
-    assert plain.whole("hi", done, [])["choices"][0]["logprobs"] is None
-    assert chunks(plain.feed("hi", []))[0]["choices"][0]["logprobs"] is None
+    assert plain.whole([Choice("hi", done)])["choices"][0]["logprobs"] is None
+    assert chunks(plain.choice(0).feed("hi", []))[0]["choices"][0]["logprobs"] is None
 
 
 async def test_the_fake_engine_gives_each_token_a_deterministic_entry() -> None:
