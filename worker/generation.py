@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -123,16 +123,22 @@ async def generate(
     n: int = 1,
 ) -> web.StreamResponse:
     """Wait for a slot (503 if refused), then generate the n choices one after another in it."""
-    slots = request.app[appkeys.SLOTS]
+    generation = _Generation(request, prompt, sampling, answer, n)
+    async with held_slot(request):
+        if stream:
+            return await _send_stream(generation)
+        return await _collect(generation)
+
+
+@asynccontextmanager
+async def held_slot(request: web.Request) -> AsyncIterator[None]:
+    """One of the worker's slots for the body (503 if refused), its wait and refusal counted."""
     metrics = request.app[appkeys.METRICS]
     arrived = time.monotonic()
-    generation = _Generation(request, prompt, sampling, answer, n)
     try:
-        async with slots.slot():
+        async with request.app[appkeys.SLOTS].slot():
             metrics.queue_wait.observe(time.monotonic() - arrived)
-            if stream:
-                return await _send_stream(generation)
-            return await _collect(generation)
+            yield
     except ServiceUnavailable:
         metrics.rejected.inc()
         raise

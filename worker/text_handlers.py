@@ -10,19 +10,17 @@ serve the endpoint.
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
 from contract import sse
 from contract.embeddings import check_dimensions, embeddings_response, parse_embeddings_request
-from contract.errors import ContextLengthExceeded, ModelNotFound, NotFound, ServiceUnavailable
+from contract.errors import ContextLengthExceeded, ModelNotFound, NotFound
 from contract.text import parse_text_request
 from worker import appkeys
 from worker.completions import TextAnswer
 from worker.embedding_engine import Embedder
 from worker.engine import EngineError, PromptTooLong
-from worker.generation import engine_api_error, generate
+from worker.generation import engine_api_error, generate, held_slot
 from worker.handlers import json_response
 
 
@@ -44,15 +42,9 @@ async def embeddings(request: web.Request) -> web.Response:
     if not isinstance(engine, Embedder):
         raise _not_served(model, "embeddings")
     check_dimensions(parsed, engine.dimensions)
-    metrics = app[appkeys.METRICS]
-    arrived = time.monotonic()
     try:
-        async with app[appkeys.SLOTS].slot():
-            metrics.queue_wait.observe(time.monotonic() - arrived)
+        async with held_slot(request):
             embedded = await engine.embed(parsed.inputs)
-    except ServiceUnavailable:
-        metrics.rejected.inc()
-        raise
     except PromptTooLong as exc:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {exc.n_ctx} tokens, however you requested "
@@ -61,7 +53,7 @@ async def embeddings(request: web.Request) -> web.Response:
         ) from None
     except EngineError as exc:
         raise engine_api_error(exc) from None
-    metrics.prompt_tokens.inc(embedded.prompt_tokens)
+    app[appkeys.METRICS].prompt_tokens.inc(embedded.prompt_tokens)
     body = embeddings_response(
         model, embedded.vectors, parsed.encoding_format, embedded.prompt_tokens
     )
