@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from contract.keyspace import Keyspace, check_prefix
 from contract.options import LogLevel, Options, member, meta
 from router.apikeys import DEFAULT_CACHE_TTL_S, MAX_CACHE_TTL_S
 from router.balancer import PolicyName
@@ -34,6 +35,10 @@ def _domain(text: str) -> str:
 @dataclass(frozen=True, slots=True)
 class RouterConfig:
     redis_url: str = field(metadata=meta("Redis URL", env=("REDIS_URL",), metavar="URL"))
+    redis_prefix: str = field(
+        default="",
+        metadata=meta("prefix of every Redis key and channel (deployments sharing one Redis)"),
+    )
     host: str = field(default="127.0.0.1", metadata=meta("address to listen on"))
     port: int = field(default=8080, metadata=meta("port to listen on"))
     registry_refresh_s: float = field(
@@ -99,6 +104,7 @@ class RouterConfig:
         if scheme not in REDIS_SCHEMES:
             # The URL itself is not echoed: it may carry a password.
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        check_prefix(self.redis_prefix)
         if not self.host:
             raise ValueError("host must not be empty")
         if not 0 <= self.port <= 65535:
@@ -110,6 +116,10 @@ class RouterConfig:
         self._check_limits()
         object.__setattr__(self, "policy", member("policy", self.policy, PolicyName))
         object.__setattr__(self, "log_level", member("log_level", self.log_level, LogLevel))
+
+    @property
+    def keyspace(self) -> Keyspace:
+        return Keyspace(self.redis_prefix)
 
     def _check_limits(self) -> None:
         if not self.shutdown_timeout_s >= 0:

@@ -42,6 +42,7 @@ class Exchange:
         "rate_headers",
         "request_id",
         "series",
+        "tenant",
         "upstream_headers",
     )
 
@@ -56,11 +57,13 @@ class Exchange:
         rate_headers: Mapping[str, str],
         meter: TokenMeter | None,
         api: Api = Api.CHAT,
+        tenant: str = "",
     ) -> None:
         self.api: Final = api  # which of the worker's URLs the relay posts to
         self.body: Final = body
         self.request_id: Final = request_id
         self.model: Final = model
+        self.tenant: Final = tenant  # the project id (fair queueing's unit); "" when auth is off
         self.series: Final = series
         self.arrived: Final = arrived  # time.perf_counter() when the request arrived
         self.rate_headers: Final = rate_headers  # added to the client's response

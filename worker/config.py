@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 from urllib.parse import urlsplit
 
+from contract.keyspace import Keyspace, check_prefix
 from contract.options import ConfigError as ConfigError
 from contract.options import LogLevel, Options, check_one_of, member, meta
 
@@ -54,6 +55,10 @@ class WorkerConfig:
     model_id: str = field(metadata=meta("model id this worker serves (the request's `model`)"))
     redis_url: str = field(
         metadata=meta("Redis URL for the registry", env=("REDIS_URL",), metavar="URL")
+    )
+    redis_prefix: str = field(
+        default="",
+        metadata=meta("prefix of every Redis key and channel (deployments sharing one Redis)"),
     )
     model_path: str | None = field(
         default=None,
@@ -112,6 +117,7 @@ class WorkerConfig:
             # The URL itself is not echoed: it may carry a password.
             "redis_url: expected redis://, rediss:// or unix://",
         )
+        check_prefix(self.redis_prefix)
         check_one_of("engine", self.engine, get_args(EngineKind))
         _check(
             self.engine == "fake" or self.model_path is not None,
@@ -147,6 +153,10 @@ class WorkerConfig:
             object.__setattr__(self, "advertise_url", f"http://{host}:{self.port}")
         else:
             object.__setattr__(self, "advertise_url", self.advertise_url.rstrip("/"))
+
+    @property
+    def keyspace(self) -> Keyspace:
+        return Keyspace(self.redis_prefix)
 
     @property
     def heartbeat_ttl_ms(self) -> int:
