@@ -32,6 +32,9 @@ FRAME_END: Final = b"\n\n"
 DONE: Final = b"data: [DONE]\n\n"
 
 USAGE_TRAILER_HEADER: Final = "X-Usage-Trailer"
+# On a streamed answer to a request that asked for the trailer: the prompt's token count, known
+# before the first chunk, so a stream that ends without its trailer is still metered exactly.
+PROMPT_TOKENS_HEADER: Final = "X-Prompt-Tokens"
 USAGE_TRAILER_PREFIX: Final = b": usage "
 
 
