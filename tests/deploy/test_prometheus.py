@@ -59,11 +59,16 @@ def test_local_prometheus_config_checks(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     scrape = yaml.safe_load(config.read_text())["scrape_configs"]
     jobs = {job["job_name"]: job for job in scrape}
+    # Routers and workers are scraped on their metrics ports, the only ones serving /metrics.
     routers = jobs["router"]["static_configs"]
-    assert [t["targets"] for t in routers] == [[f"127.0.0.1:{p}"] for p in spec.router_ports()]
+    metrics = spec.router_metrics_ports()
+    assert [t["targets"] for t in routers] == [[f"127.0.0.1:{p}"] for p in metrics]
+    assert not set(metrics) & set(spec.router_ports())
     workers = jobs["worker"]["static_configs"]
     assert len(workers) == spec.total_workers()
     assert all(set(t["labels"]) == {"worker", "model"} for t in workers)
+    worker_metrics = [p for m in spec.models for p in m.worker_metrics_ports()]
+    assert [t["targets"] for t in workers] == [[f"127.0.0.1:{p}"] for p in worker_metrics]
 
 
 def test_compose_prometheus_config_checks(tmp_path: Path) -> None:
@@ -74,3 +79,10 @@ def test_compose_prometheus_config_checks(tmp_path: Path) -> None:
     config.write_text(text)
     out = run([need("promtool"), "check", "config", str(config)])
     assert out.returncode == 0, out.stdout + out.stderr
+    jobs = {job["job_name"]: job for job in yaml.safe_load(text)["scrape_configs"]}
+    ports = {
+        name: job["dns_sd_configs"][0]["port"]
+        for name, job in jobs.items()
+        if "dns_sd_configs" in job
+    }
+    assert ports == {"router": 9180, "worker": 9181}  # the metrics ports, not 8080 and 9001
