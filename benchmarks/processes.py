@@ -66,9 +66,10 @@ def http_status(url: str, timeout_s: float = 2.0) -> int:
 
 
 def redis_ping(port: int) -> bool:
+    """redis-server answers on `port`: PONG, or NOAUTH from one that wants a password first."""
     with socket.create_connection((HOST, port), timeout=1) as sock:
         sock.sendall(b"PING\r\n")
-        return sock.recv(16).startswith(b"+PONG")
+        return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
 
 
 def router_sees(url: str, workers: int) -> bool:
@@ -95,11 +96,18 @@ def wait_until(
 
 
 def redis_argv(
-    port: int, *, server: str = "redis-server", data_dir: Path | None = None
+    port: int,
+    *,
+    server: str = "redis-server",
+    data_dir: Path | None = None,
+    options: Sequence[str] = (),
 ) -> list[str]:
-    """A throwaway redis-server: loopback only, nothing saved."""
+    """A throwaway redis-server: loopback only, nothing saved; `options` (a password, ACL users,
+    a TLS port) come last."""
     argv = [server, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-    return argv if data_dir is None else [*argv, "--dir", str(data_dir)]
+    if data_dir is not None:
+        argv += ["--dir", str(data_dir)]
+    return [*argv, *options]
 
 
 def worker_argv(
@@ -174,13 +182,15 @@ class Process:
     log_path: Path
     port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # Added to the child's environment (a secret that must not be on its command line).
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> None:
-        self.proc = spawn(self.args, self.log_path)
+        self.proc = spawn(self.args, self.log_path, self.env)
 
     @property
     def pid(self) -> int:
@@ -245,9 +255,11 @@ class RedisServer(Process):
         return f"redis://{HOST}:{self.port}/0"
 
     @classmethod
-    def create(cls, tmp: Path, server: str = "redis-server") -> RedisServer:
+    def create(
+        cls, tmp: Path, server: str = "redis-server", options: Sequence[str] = ()
+    ) -> RedisServer:
         port = free_port()
-        args = redis_argv(port, server=server, data_dir=tmp)
+        args = redis_argv(port, server=server, data_dir=tmp, options=options)
         return cls(name="redis", args=args, log_path=tmp / f"redis-{port}.log", port=port)
 
     def start(self, timeout_s: float = 10.0) -> None:

@@ -12,7 +12,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Final
 
-from contract.registry import EVENTS_CHANNEL, Event, EventType, read_snapshot
+from contract.keyspace import DEFAULT_KEYSPACE, Keyspace
+from contract.registry import EVENTS_CHANNEL, Event, EventType, InvalidRecord, read_snapshot
 from router.metrics import RegistryOp
 from router.view import Clock
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REDIS_BACKOFF_CAP_S: Final = 2.0  # longest pause between two tries to reach a failing Redis
+INVALID_LOG_EVERY_S: Final = 60.0  # a lingering bad record is logged this often, not per read
 
 
 def _honour_cancellation() -> None:
@@ -55,8 +57,36 @@ class Backoff:
         self._next_s = self._first_s
 
 
+class LogOnce:
+    """Says whether to log about a key now: at most once per `every_s` each, for up to
+    `max_keys` keys at a time (past that, a flood of distinct keys is counted, not logged)."""
+
+    def __init__(self, every_s: float, clock: Clock, max_keys: int = 1024) -> None:
+        self._every_s = every_s
+        self._clock = clock
+        self._max_keys = max_keys
+        self._logged_at: dict[str, float] = {}
+
+    def due(self, key: str) -> bool:
+        now = self._clock()
+        last = self._logged_at.get(key)
+        if last is not None and now - last < self._every_s:
+            return False
+        if last is None and len(self._logged_at) >= self._max_keys:
+            self._logged_at = {k: t for k, t in self._logged_at.items() if now - t < self._every_s}
+            if len(self._logged_at) >= self._max_keys:
+                return False
+        self._logged_at[key] = now
+        return True
+
+
 class RegistryWatcher:
-    """Three background loops over one view: events, periodic full reads, and ageing."""
+    """Three background loops over one view: events, periodic full reads, and ageing.
+
+    A record or event that fails validation (contract.registry.InvalidRecord) is skipped,
+    counted in router_registry_invalid_records_total and logged once a while per worker; the
+    rest of the read, and the event stream, carry on.
+    """
 
     def __init__(
         self,
@@ -66,6 +96,7 @@ class RegistryWatcher:
         *,
         refresh_s: float,
         read_timeout_s: float = 5.0,
+        keyspace: Keyspace = DEFAULT_KEYSPACE,
         clock: Clock = time.monotonic,
     ) -> None:
         self._redis = redis
@@ -73,7 +104,11 @@ class RegistryWatcher:
         self._metrics = metrics
         self._refresh_s = refresh_s
         self._read_timeout_s = read_timeout_s
+        self._keyspace = keyspace
         self._clock = clock
+        self._log_invalid = LogOnce(INVALID_LOG_EVERY_S, clock)
+        for source in (RegistryOp.READ, RegistryOp.EVENTS):
+            metrics.registry_invalid_records.labels(source)  # exported as 0 until one comes
         self._refresh_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -102,13 +137,23 @@ class RegistryWatcher:
         started = self._clock()
         try:
             async with asyncio.timeout(self._read_timeout_s):
-                snapshot = await read_snapshot(self._redis)
-        except Exception:
-            logger.warning("registry: full read failed", exc_info=True)
+                snapshot = await read_snapshot(self._redis, keyspace=self._keyspace)
+        except Exception as exc:
+            # The reason in the message too: a wrong password reads plainly in one line.
+            logger.warning(
+                "registry: full read failed: %s: %s", type(exc).__name__, exc, exc_info=True
+            )
             self._metrics.registry_errors.labels(RegistryOp.READ).inc()
             self._view.contact_lost()
             return False
-        self._view.apply_snapshot(snapshot, started)
+        for invalid in snapshot.invalid:
+            self._skipped(invalid, RegistryOp.READ)
+        try:
+            self._view.apply_snapshot(snapshot, started)
+        except Exception:
+            logger.exception("registry: applying a full read failed")
+            self._metrics.registry_errors.labels(RegistryOp.READ).inc()
+            return False
         return True
 
     async def _refresh_loop(self) -> None:
@@ -151,7 +196,7 @@ class RegistryWatcher:
     async def _follow_events(self, backoff: Backoff) -> None:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(EVENTS_CHANNEL)
+            await pubsub.subscribe(self._keyspace.key(EVENTS_CHANNEL))
             # Subscribed first, read second: no event can fall between the two.
             self._refresh_now.set()
             backoff.reset()
@@ -166,13 +211,27 @@ class RegistryWatcher:
     def _apply(self, data: bytes | str) -> None:
         try:
             event = Event.decode(data)
-        except (ValueError, KeyError, TypeError):
-            logger.warning("registry: ignored a malformed event", exc_info=True)
-            self._metrics.registry_errors.labels(RegistryOp.DECODE).inc()
+        except InvalidRecord as invalid:
+            self._skipped(invalid, RegistryOp.EVENTS)
             return
-        self._view.apply_event(event)
+        try:
+            self._view.apply_event(event)
+        except Exception:
+            logger.exception("registry: applying an event of worker %r failed", event.worker_id)
+            return
         if event.type is not EventType.LOAD:
             logger.info("registry: worker %s %s", event.worker_id, event.type.value)
+
+    def _skipped(self, invalid: InvalidRecord, source: RegistryOp) -> None:
+        self._metrics.registry_invalid_records.labels(source).inc()
+        if self._log_invalid.due(invalid.worker_id or invalid.reason):
+            logger.warning(
+                "registry: skipped an invalid %s of worker %r: %s (logged once per %.0fs)",
+                "record" if source is RegistryOp.READ else "event",
+                invalid.worker_id,
+                invalid.reason,
+                INVALID_LOG_EVERY_S,
+            )
 
     async def _expire_loop(self) -> None:
         tick_s = min(0.1, self._view.stale_s / 10)

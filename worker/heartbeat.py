@@ -1,12 +1,14 @@
 """The worker's life in the registry: register, heartbeat, drain, deregister.
 
-Each heartbeat writes the full record with a TTL (`contract.registry.publish_worker`), so a worker
-killed with -9 expires within one TTL, and a worker that lost Redis for a while re-registers by
-itself on the first heartbeat that gets through. The loop publishes every interval, or sooner
-when the slot queue reports a change in load, at most `1 / MIN_GAP_S` times a second. While Redis is
-unreachable it retries with jittered exponential backoff capped at MAX_BACKOFF_S, which is kept
-below the routers' default stale time (2.5 s) so that a router which finds Redis back (perhaps
-empty) sees this worker again before it would give it up; serving requests never depends on it.
+Each heartbeat writes the full record with a TTL (`contract.registry.publish_worker`, under the
+config's Redis prefix), so a worker killed with -9 expires within one TTL, and a worker that lost
+Redis for a while re-registers by itself on the first heartbeat that gets through; each
+registration also prunes the index of records that expired (routers only read the registry).
+The loop publishes every interval, or sooner when the slot queue reports a change in load, at
+most `1 / MIN_GAP_S` times a second. While Redis is unreachable it retries with jittered
+exponential backoff capped at MAX_BACKOFF_S, which is kept below the routers' default stale time
+(2.5 s) so that a router which finds Redis back (perhaps empty) sees this worker again before it
+would give it up; serving requests never depends on it.
 
 Shutdown, in order (see `worker.app.registry_ctx` and `worker.cli`):
   1. drain: the slot queue refuses new requests (503) and routers hear EventType.DRAIN;
@@ -27,7 +29,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from contract.registry import EventType, WorkerRecord, WorkerState, now_ms, publish_worker
+from contract.registry import (
+    EventType,
+    WorkerRecord,
+    WorkerState,
+    now_ms,
+    prune_workers,
+    publish_worker,
+)
 from contract.registry import remove_worker as registry_remove_worker
 from worker.config import WorkerConfig
 from worker.engine import Engine
@@ -96,7 +105,10 @@ class Heartbeat:
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_S):
                 await registry_remove_worker(
-                    self._redis, self._record.worker_id, self._record.model
+                    self._redis,
+                    self._record.worker_id,
+                    self._record.model,
+                    keyspace=self._config.keyspace,
                 )
         except Exception:
             logger.exception(
@@ -133,8 +145,11 @@ class Heartbeat:
         if event is None:
             # A fresh (re-)registration is announced as a join, so routers learn of it at once.
             event = EventType.LOAD if self._registered else EventType.JOIN
+        keyspace = self._config.keyspace
         async with asyncio.timeout(REDIS_TIMEOUT_S):
-            await publish_worker(self._redis, self._record, self._config.heartbeat_ttl_ms, event)
+            await publish_worker(
+                self._redis, self._record, self._config.heartbeat_ttl_ms, event, keyspace=keyspace
+            )
         if not self._registered:
             logger.info(
                 "worker %s registered for model %s at %s",
@@ -142,7 +157,19 @@ class Heartbeat:
                 self._record.model,
                 self._record.url,
             )
-        self._registered = True
+            self._registered = True
+            await self._prune()
+
+    async def _prune(self) -> None:
+        """Best effort: a failed prune is retried at the next registration."""
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT_S):
+                dead = await prune_workers(self._redis, keyspace=self._config.keyspace)
+        except Exception as exc:
+            logger.warning("could not prune expired workers from the registry: %r", exc)
+            return
+        if dead:
+            logger.info("pruned %d expired worker id(s) from the registry", len(dead))
 
     async def _run(self) -> None:
         interval = self._config.heartbeat_interval_s

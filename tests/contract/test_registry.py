@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from contract.keyspace import Keyspace
 from contract.registry import (
     EVENTS_CHANNEL,
     MODELS_KEY,
@@ -19,10 +20,12 @@ from contract.registry import (
     WORKERS_KEY,
     Event,
     EventType,
+    InvalidRecord,
     Snapshot,
     WorkerRecord,
     WorkerState,
     model_workers_key,
+    prune_workers,
     publish_worker,
     read_snapshot,
     remove_worker,
@@ -54,6 +57,13 @@ def test_key_names() -> None:
     assert (WORKERS_KEY, MODELS_KEY, EVENTS_CHANNEL) == ("workers", "models", "registry:events")
     assert worker_key("w1") == "worker:w1"
     assert model_workers_key("smollm2") == "model:smollm2:workers"
+
+
+def test_key_names_under_a_prefix_and_unchanged_without_one() -> None:
+    staging = Keyspace("staging:")
+    assert worker_key("w1", staging) == "staging:worker:w1"
+    assert model_workers_key("m", staging) == "staging:model:m:workers"
+    assert worker_key("w1", Keyspace()) == worker_key("w1") == "worker:w1"
 
 
 def test_to_hash_is_all_strings() -> None:
@@ -111,6 +121,8 @@ def _without(key: str) -> dict[str, str]:
 def test_a_bad_record_is_a_value_error(raw: dict[Any, Any]) -> None:
     with pytest.raises(ValueError):
         WorkerRecord.from_mapping(raw)
+    with pytest.raises(InvalidRecord):
+        WorkerRecord.from_mapping(raw)
 
 
 @pytest.mark.parametrize("event_type", list(EventType))
@@ -128,7 +140,7 @@ def test_event_round_trips(event_type: EventType) -> None:
 
 
 # What the router's event watcher catches when it drops one malformed event.
-WATCHER_CATCHES = (ValueError, KeyError, TypeError)
+WATCHER_CATCHES = InvalidRecord
 
 
 @pytest.mark.parametrize(
@@ -231,7 +243,7 @@ async def test_read_snapshot_of_an_empty_registry(redis: Redis[bytes]) -> None:
     assert await read_snapshot(redis) == Snapshot(workers={}, models={})
 
 
-async def test_read_snapshot_returns_live_records_and_prunes_the_dead(
+async def test_read_snapshot_returns_live_valid_records_and_writes_nothing(
     redis: Redis[bytes],
 ) -> None:
     alive = record("alive")
@@ -245,10 +257,26 @@ async def test_read_snapshot_returns_live_records_and_prunes_the_dead(
 
     assert snapshot.workers == {"alive": alive, "other": other}
     assert snapshot.models == {"smollm2": 1_700_000_123, "qwen": 1_600_000_000}
-    assert await redis.smembers(WORKERS_KEY) == {b"alive", b"other"}
+    assert [(i.worker_id, i.reason) for i in snapshot.invalid] == [("malformed", "slots: missing")]
+    # Routers only read: the index is left for a registering worker to prune.
+    assert len(await redis.smembers(WORKERS_KEY)) == 4
+
+
+async def test_prune_workers_drops_only_expired_ids_from_every_index(redis: Redis[bytes]) -> None:
+    alive = record("alive")
+    other = record("other", model="qwen")
+    for rec in (alive, other, record("expired", model="qwen"), record("malformed")):
+        await publish_worker(redis, rec, TTL_MS)
+    await redis.delete(worker_key("expired"))
+    await redis.hdel(worker_key("malformed"), "slots")
+
+    assert await prune_workers(redis) == ["expired"]
+
+    assert await redis.smembers(WORKERS_KEY) == {b"alive", b"other", b"malformed"}
     # The dead ids leave every model's set, whichever model they served.
-    assert await redis.smembers(model_workers_key("smollm2")) == {b"alive"}
+    assert await redis.smembers(model_workers_key("smollm2")) == {b"alive", b"malformed"}
     assert await redis.smembers(model_workers_key("qwen")) == {b"other"}
+    assert await prune_workers(redis) == []
 
 
 async def test_a_record_leaves_the_snapshot_once_its_ttl_runs_out(redis: Redis[bytes]) -> None:
@@ -261,4 +289,5 @@ async def test_a_record_leaves_the_snapshot_once_its_ttl_runs_out(redis: Redis[b
 
     await eventually(expired)
     assert set((await read_snapshot(redis)).workers) == {"steady"}
+    await prune_workers(redis)
     assert await redis.smembers(WORKERS_KEY) == {b"steady"}

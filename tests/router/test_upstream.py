@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import string
 from dataclasses import replace
+from urllib.parse import urlsplit
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contract.registry import url_problem
 from router.breaker import BreakerSettings
-from router.upstream import FAILED_PENALTY, Api, Upstream
+from router.upstream import API_PATHS, FAILED_PENALTY, Api, Upstream, worker_urls
 
 from .fakes import make_record
 
@@ -99,3 +105,43 @@ def test_a_restarted_worker_gets_a_fresh_breaker_and_url() -> None:
     assert str(worker.urls[Api.CHAT]) == "http://127.0.0.1:2/v1/chat/completions"
     assert str(worker.urls[Api.COMPLETIONS]) == "http://127.0.0.1:2/v1/completions"
     assert str(worker.urls[Api.EMBEDDINGS]) == "http://127.0.0.1:2/v1/embeddings"
+
+
+# What contract.registry accepts as a worker URL, the router can always parse: a record that
+# passed validation never raises while the view builds its Upstream.
+HOSTISH = string.ascii_letters + string.digits + "-._%[]:@?#/ \t\n\x00é"
+url_host = st.one_of(
+    st.sampled_from(["127.0.0.1", "worker-0.svc", "w_1", "[::1]", "[fe80::1%25eth0]", "[1.2.3.4]"]),
+    st.text(HOSTISH, min_size=1, max_size=12),
+    st.text(max_size=6),
+)
+url_port = st.one_of(
+    st.just(""),
+    st.integers(1, 65535).map(":{}".format),
+    st.integers(-5, 70_000).map(":{}".format),
+    st.text(HOSTISH, max_size=6).map(":".__add__),
+)
+url_path = st.one_of(st.just(""), st.just("/"), st.text(HOSTISH, max_size=12).map("/".__add__))
+worker_url = st.one_of(
+    st.builds(
+        "{}{}{}{}".format,
+        st.sampled_from(["http://", "https://"])
+        | st.sampled_from(["ftp://", "", "http:/", "HTTP://"]),
+        url_host,
+        url_port,
+        url_path,
+    ),
+    st.text(max_size=40),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(worker_url)
+def test_fuzz_every_valid_worker_url_parses_for_the_router(url: str) -> None:
+    if url_problem(url) is not None:
+        return
+    urls = worker_urls(url)
+    assert [u.path.endswith(p) for u, p in zip(urls, API_PATHS, strict=True)] == [True] * 3
+    parts = urlsplit(url)
+    assert urls[Api.CHAT].port == (parts.port or {"http": 80, "https": 443}[parts.scheme])
+    assert urls[Api.CHAT].host is not None

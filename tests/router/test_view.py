@@ -1,12 +1,26 @@
-"""The live registry view: events, full re-reads, local ageing, Redis outages, no worker."""
+"""The live registry view: events, full re-reads, local ageing, Redis outages, no worker, and
+whatever records a reader lets through (fuzzed)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contract.errors import ModelNotFound, ServiceUnavailable
-from contract.registry import Event, EventType, Snapshot, WorkerState
+from contract.registry import (
+    Event,
+    EventType,
+    InvalidRecord,
+    Snapshot,
+    WorkerRecord,
+    WorkerState,
+)
 from router.view import RegistryView
+from tests.contract.test_registry_records import mangled_records
 
 from .fakes import MODEL, make_record
 
@@ -148,3 +162,22 @@ def test_no_worker_tells_unknown_from_down_from_not_loaded() -> None:
     assert isinstance(error, ServiceUnavailable)
     assert error.message == f"No worker is serving model `{MODEL}` right now; retry shortly."
     assert error.headers() == {"Retry-After": "1"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(mangled_records(), min_size=1, max_size=5), st.sampled_from(list(EventType)))
+def test_fuzz_whatever_decodes_the_view_takes(raws: list[dict[Any, Any]], kind: EventType) -> None:
+    """Anything a reader lets through (contract.registry's checks) applies without raising, by
+    event or by full read, and the good worker beside it stays."""
+    good = make_record("good", URL)
+    view = RegistryView(stale_s=2.5, clock=FakeClock())
+    view.apply_event(Event(EventType.JOIN, "good", good))
+    records: list[WorkerRecord] = []
+    for raw in raws:
+        with contextlib.suppress(InvalidRecord):
+            records.append(replace(WorkerRecord.from_mapping(raw), worker_id="other"))
+    for record in records:
+        view.apply_event(Event(kind, "other", None if kind is EventType.LEAVE else record))
+    workers = {"good": good} | ({"other": records[-1]} if records else {})
+    view.apply_snapshot(Snapshot(workers, {}), 0.0)
+    assert "good" in view.upstreams

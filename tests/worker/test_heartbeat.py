@@ -1,4 +1,5 @@
-"""The heartbeat through a Redis outage: it keeps serving, backs off, and re-registers alone."""
+"""The heartbeat through a Redis outage (it keeps serving, backs off, and re-registers alone), and
+under a Redis prefix (it writes, prunes and deregisters only its own deployment's names)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,18 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from contract.registry import WorkerState, read_snapshot
+from contract.keyspace import Keyspace
+from contract.registry import (
+    WORKERS_KEY,
+    WorkerState,
+    model_workers_key,
+    read_snapshot,
+    worker_key,
+)
 from tests.processes import RedisServer
 from worker.heartbeat import MAX_BACKOFF_S
 
-from .conftest import StartWorker
+from .conftest import MODEL, StartWorker
 
 CHAT = "/v1/chat/completions"
 
@@ -48,3 +56,26 @@ async def _registered(redis: Redis[bytes], worker_id: str) -> bool:
         return worker_id in (await read_snapshot(redis)).workers
     except RedisConnectionError:  # our own pooled connection died with the old server
         return False
+
+
+async def test_registers_under_its_prefix_prunes_expired_ids_and_deregisters(
+    start_worker: StartWorker, redis_server: RedisServer, redis: Redis[bytes]
+) -> None:
+    blue = Keyspace("blue:")
+    # Expired workers' ids: one of this deployment, one of the unprefixed one beside it.
+    await redis.sadd(blue.key(WORKERS_KEY), "gone")
+    await redis.sadd(model_workers_key(MODEL, blue), "gone")
+    await redis.sadd(WORKERS_KEY, "gone")
+
+    client = await start_worker(
+        redis_url=redis_server.url, worker_id="w-blue", redis_prefix="blue:"
+    )
+
+    assert list((await read_snapshot(redis, keyspace=blue)).workers) == ["w-blue"]
+    assert await redis.smembers(blue.key(WORKERS_KEY)) == {b"w-blue"}
+    assert await redis.smembers(model_workers_key(MODEL, blue)) == {b"w-blue"}
+    assert await redis.smembers(WORKERS_KEY) == {b"gone"}  # not this deployment's to prune
+    assert not await redis.exists(worker_key("w-blue"))
+    await client.close()
+    assert not await redis.exists(worker_key("w-blue", blue))
+    assert await redis.smembers(blue.key(WORKERS_KEY)) == set()
