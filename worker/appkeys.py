@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -24,3 +25,5 @@ HEARTBEAT: web.AppKey[Heartbeat] = web.AppKey("heartbeat")
 STARTED_S = web.AppKey("started_s", int)  # unix seconds; the model object's `created`
 # False: the owner of the listening socket registers the worker once it accepts connections.
 REGISTER_ON_STARTUP = web.AppKey("register_on_startup", bool)
+# Set once the engine failed and the worker left the registry (worker.liveness): time to exit.
+ENGINE_FAILED = web.AppKey("engine_failed", asyncio.Event)

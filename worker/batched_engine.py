@@ -49,6 +49,8 @@ import llama_cpp
 from contract.wire import SamplingParams
 from worker.engine import (
     EngineStopped,
+    Failure,
+    OnPrompt,
     Output,
     Prompt,
     check_logit_bias,
@@ -95,6 +97,7 @@ class BatchedLlamaEngine:
         self._steps: StepLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._failure = Failure()
 
     @property
     def n_ctx(self) -> int:
@@ -103,6 +106,11 @@ class BatchedLlamaEngine:
     @property
     def slots(self) -> int:
         return self._layout.slots
+
+    @property
+    def failure(self) -> Failure:
+        """Set when the step loop dies; the engine then refuses every stream."""
+        return self._failure
 
     @property
     def device(self) -> str:
@@ -130,7 +138,7 @@ class BatchedLlamaEngine:
         if llama_cpp.llama_n_ctx_seq(self._ctx) < layout.n_ctx:  # llama.cpp rounds, up so far
             raise RuntimeError(f"llama.cpp gave fewer than {layout.n_ctx} cells per sequence")
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        return StepLoop(model, chat, self._ctx, self._batch, layout)
+        return StepLoop(model, chat, self._ctx, self._batch, layout, self._failure)
 
     async def close(self) -> None:
         if self._closed:
@@ -154,14 +162,18 @@ class BatchedLlamaEngine:
             self._model = self._chat = None
 
     async def stream(
-        self, messages: Prompt, params: SamplingParams
+        self, messages: Prompt, params: SamplingParams, on_prompt: OnPrompt | None = None
     ) -> AsyncGenerator[Output, None]:
         chat, steps, model = self._chat, self._steps, self._model
         if chat is None or steps is None or model is None or self._closed:
             raise EngineStopped()
+        if self._failure.reason is not None:
+            raise EngineStopped("The engine failed.")
         check_logit_bias(params, model.n_vocab)
         prompt = await asyncio.to_thread(chat.prompt_tokens, messages, params.tools)
         check_prompt(len(prompt), self.n_ctx)
+        if on_prompt is not None:
+            on_prompt(len(prompt))
         params = with_default_length(params, self._default_max_tokens)
         if params.response_format is not None:
             # Converted (or refused) here, off the inference thread; the step loop hits the cache.

@@ -4,6 +4,9 @@ The server is driven by hand rather than by `web.run_app` so that the drain happ
 listening socket is still open: during the drain, requests that race the routers' view of the
 DRAIN event get a clean 503 (which a router retries elsewhere) instead of a refused connection,
 and /health and /metrics stay reachable.
+
+Exit status: 0 after SIGTERM/SIGINT, 2 for a bad option, EXIT_ENGINE_FAILED (3) when the engine
+failed for good (worker.liveness), so that a supervisor restarts the worker.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from aiohttp import web
 
 from worker import appkeys
 from worker.app import create_app
-from worker.config import WorkerConfig, parse_config
+from worker.auth import load_secret
+from worker.config import ConfigError, WorkerConfig, parse_config
+from worker.liveness import EXIT_ENGINE_FAILED, drain
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +34,19 @@ SHUTDOWN_GRACE_S = 1.0
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv, os.environ)  # exits 2 on a bad value
+    try:
+        secret = load_secret(config.worker_secret_file, os.environ)
+    except ConfigError as exc:
+        print(f"python -m worker: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=config.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(serve(config))
-    return 0
+        failed = runner.run(serve(config, secret))
+    return EXIT_ENGINE_FAILED if failed else 0
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -48,8 +58,9 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-async def serve(config: WorkerConfig) -> None:
-    app = create_app(config, register_on_startup=False)
+async def serve(config: WorkerConfig, secret: str | None = None) -> bool:
+    """Serve until a signal (False) or until the engine failed for good (True)."""
+    app = create_app(config, register_on_startup=False, secret=secret)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -61,12 +72,14 @@ async def serve(config: WorkerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    failed = app[appkeys.ENGINE_FAILED]
     try:
         await runner.setup()  # loads the model
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
         # Registered only now: a router that hears of this worker finds its port listening.
-        await app[appkeys.HEARTBEAT].start()
+        if app[appkeys.ENGINE].failure.reason is None:
+            await app[appkeys.HEARTBEAT].start()
         logger.info(
             "worker %s serving %s on http://%s:%d (engine %s)",
             config.worker_id,
@@ -75,13 +88,23 @@ async def serve(config: WorkerConfig) -> None:
             config.port,
             config.engine,
         )
-        await stop.wait()
+        await _first_set(stop, failed)
         logger.info("shutting down")
         # 1-2. Drain with the listener open: refuse new work, let admitted work finish.
-        await app[appkeys.HEARTBEAT].drain()
+        await drain(app)
     finally:
         # 3. Close the listener and cancel what is left after SHUTDOWN_GRACE_S; then the
         #    cleanup contexts, in reverse: stop heartbeat + deregister, close Redis, close engine.
         await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    return failed.is_set()
+
+
+async def _first_set(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

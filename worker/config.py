@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from contract.keyspace import Keyspace, check_prefix
 from contract.options import ConfigError as ConfigError
 from contract.options import LogLevel, Options, check_one_of, member, meta
+from contract.registry import name_problem, url_problem
+from worker.auth import SECRET_ENV, secret_file
 
 EngineKind = Literal["llama", "fake", "batched"]
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
@@ -73,9 +75,21 @@ class WorkerConfig:
     )
     host: str = field(default="127.0.0.1", metadata=meta("address to listen on"))
     port: int = field(default=9001, metadata=meta("port to listen on"))
+    metrics_port: int | None = field(
+        default=None,
+        metadata=meta("serve /metrics only on this port (same host; /health on both); auto: PORT"),
+    )
     worker_id: str = field(default="", metadata=meta("registry id; unset: HOST-PORT-random"))
     advertise_url: str = field(
         default="", metadata=meta("URL routers use to reach this worker; unset: http://HOST:PORT")
+    )
+    worker_secret_file: str | None = field(
+        default=None,
+        metadata=meta(
+            f"file holding the secret routers must send (else ${SECRET_ENV}; neither: open)",
+            parse=secret_file,
+            metavar="PATH",
+        ),
     )
     n_gpu_layers: int = field(default=0, metadata=meta("layers to offload to the GPU; -1 for all"))
     n_ctx: int = field(default=4096, metadata=meta("context length in tokens"))
@@ -108,15 +122,25 @@ class WorkerConfig:
     fake_tokens_per_s: float = field(
         default=200.0, metadata=meta("fake engine: tokens per second, <= 0 for no delay")
     )
+    fake_fail_after_tokens: int = field(
+        default=0,
+        metadata=meta("fake engine: fail for good after this many tokens (tests); 0: never"),
+    )
     log_level: LogLevel = field(default=LogLevel.INFO, metadata=meta("log level"))
 
     def __post_init__(self) -> None:
         _check(bool(self.model_id), "model_id is required")
         _check(
-            urlsplit(self.redis_url).scheme in ("redis", "rediss", "unix"),
+            _redis_scheme(self.redis_url) in ("redis", "rediss", "unix"),
             # The URL itself is not echoed: it may carry a password.
             "redis_url: expected redis://, rediss:// or unix://",
         )
+        _check(
+            self.metrics_port is None or 1 <= self.metrics_port <= 65535,
+            "metrics_port: expected 1..65535",
+        )
+        _check(self.metrics_port != self.port, "metrics_port: must differ from the port")
+        _check(self.fake_fail_after_tokens >= 0, "fake_fail_after_tokens: expected >= 0")
         check_prefix(self.redis_prefix)
         check_one_of("engine", self.engine, get_args(EngineKind))
         _check(
@@ -141,6 +165,13 @@ class WorkerConfig:
         _check(self.fake_ttft_ms >= 0, "fake_ttft_ms: expected >= 0")
         object.__setattr__(self, "log_level", member("log_level", self.log_level, LogLevel))
         self._derive_defaults()
+        # What routers would reject when they read this worker's record.
+        for problem in (
+            name_problem("model_id", self.model_id),
+            name_problem("worker_id", self.worker_id),
+            url_problem(self.advertise_url, "advertise_url"),
+        ):
+            _check(problem is None, problem or "")
 
     def _derive_defaults(self) -> None:
         # A frozen dataclass can only fill these in after __init__.
@@ -161,6 +192,17 @@ class WorkerConfig:
     @property
     def heartbeat_ttl_ms(self) -> int:
         return round(self.heartbeat_ttl_s * 1000)
+
+
+def _redis_scheme(url: str) -> str:
+    """The URL's scheme; "" when it does not parse, since urllib's errors quote the URL, and
+    with it any password."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a port out of range
+    except ValueError:
+        return ""
+    return parts.scheme
 
 
 def _check(ok: bool, message: str) -> None:

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from contract.wire import SamplingParams
-from worker.engine import EngineStopped, Finished, InvalidPrompt, Prompt, PromptTooLong
+from worker.engine import (
+    EngineStopped,
+    Failure,
+    Finished,
+    InvalidPrompt,
+    OnPrompt,
+    Prompt,
+    PromptTooLong,
+)
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -60,6 +68,11 @@ class EmbeddingEngine:
         self._llm: Llama | None = None
         self._dimensions = 0
         self.device = "cpu"
+        self._failure = Failure()  # never set: a failed embedding leaves nothing half-written
+
+    @property
+    def failure(self) -> Failure:
+        return self._failure
 
     @property
     def dimensions(self) -> int:
@@ -82,7 +95,7 @@ class EmbeddingEngine:
         return await loop.run_in_executor(self._executor, self._embed, llm, list(texts))
 
     async def stream(
-        self, messages: Prompt, params: SamplingParams
+        self, messages: Prompt, params: SamplingParams, on_prompt: OnPrompt | None = None
     ) -> AsyncIterator[str | Finished]:
         raise InvalidPrompt(NOT_A_CHAT_MODEL)
         yield  # an async generator, as the protocol's callers expect

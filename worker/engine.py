@@ -16,6 +16,11 @@ Contract every engine keeps:
 - When the consumer stops iterating (closes the generator or its task is cancelled), generation
   stops at the next token and the engine's capacity is free again.
 - At most `slots` streams generate at once; the caller (worker.slots.SlotQueue) guarantees it.
+- `on_prompt`, when given, is called on the event loop with the prompt's token count before the
+  stream's first output (a metered stream sends it as a header before its first chunk).
+- An engine that can no longer generate (its inference thread died, its context is in an
+  unknown state) sets its `failure` once; from then on it refuses every stream with
+  EngineStopped, and the worker leaves the registry and exits (worker.liveness).
 
     EngineError
     ├── PromptTooLong     the prompt's tokens do not fit the context
@@ -30,8 +35,10 @@ Anything else an engine raises is a failure of the engine itself.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
@@ -41,6 +48,8 @@ from worker.logprobs import Logprobs
 FinishReason = Literal["stop", "length", "tool_calls"]
 # A chat's messages, or the raw text of a legacy completion (no chat template).
 Prompt = Sequence[Message] | str
+# Told the prompt's token count before the first output (see the contract above).
+OnPrompt = Callable[[int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +133,31 @@ def completion_limit(n_ctx: int, prompt_tokens: int, max_tokens: int | None) -> 
     return room if max_tokens is None else min(room, max_tokens)
 
 
+class Failure:
+    """An engine's irrecoverable failure: set once, from any thread; awaited on the event loop."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        # A concurrent future: an inference thread may set it without the event loop.
+        self._future: concurrent.futures.Future[str] = concurrent.futures.Future()
+
+    def set(self, reason: str) -> None:
+        """Record why the engine cannot go on; the first reason wins."""
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            self._future.set_result(reason)
+
+    @property
+    def reason(self) -> str | None:
+        """Why the engine failed; None while it works."""
+        return self._future.result() if self._future.done() else None
+
+    async def wait(self) -> str:
+        """Return the reason once the engine fails; never returns while it works."""
+        # Shielded: a cancelled waiter must not cancel the future itself.
+        return await asyncio.shield(asyncio.wrap_future(self._future))
+
+
 # What an engine streams: text, a token's logprobs, then the one Finished.
 Output = str | Logprobs | Finished
 # What an engine's thread hands the event loop: an Output, or the error to raise.
@@ -155,12 +189,17 @@ class Engine(Protocol):
     @property
     def device(self) -> str: ...  # "cpu" or "gpu"
 
+    @property
+    def failure(self) -> Failure: ...
+
     async def load(self) -> None:
         """Load the model; the worker registers only after this returns."""
 
     async def close(self) -> None:
         """Stop generation threads and free the model."""
 
-    def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Output]:
+    def stream(
+        self, prompt: Prompt, params: SamplingParams, on_prompt: OnPrompt | None = None
+    ) -> AsyncIterator[Output]:
         """Text deltas (and asked-for Logprobs) as they are produced, then one Finished."""
         ...

@@ -8,7 +8,9 @@ When tool calls are forced, the answer is one call of the first function with em
 (`{}`, whatever its schema), in chunks of CALL_CHUNK characters, so router tests can see calls.
 Asked for logprobs, every token has logprob TOKEN_LOGPROB, and its alternatives are itself then
 the tokens that follow it, each ALTERNATIVE_STEP less likely. `logit_bias` has no effect.
-Never the default engine.
+`fail_after_tokens` (tests of a dead engine) makes the engine fail for good once it has sent that
+many tokens in all, as a batched engine whose step loop died: the stream in flight ends with
+EngineStopped, every later one is refused, and `failure` is set. Never the default engine.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from typing import Final
 
 from contract.tools import ToolCallFormat
 from contract.wire import SamplingParams
-from worker.engine import Finished, FinishReason, Output, Prompt, check_prompt
+from worker.engine import (
+    EngineStopped,
+    Failure,
+    Finished,
+    FinishReason,
+    OnPrompt,
+    Output,
+    Prompt,
+    check_prompt,
+)
 from worker.logprobs import Logprobs, TokenLogprob
 from worker.stops import StopMatcher
 
@@ -66,16 +77,33 @@ class FakeEngine:
         n_ctx: int = 4096,
         slots: int = 1,
         default_max_tokens: int | None = None,
+        fail_after_tokens: int = 0,
     ) -> None:
         self._ttft_s = max(0.0, ttft_ms) / 1000
         self._default_max_tokens = default_max_tokens  # None: the natural length only
         self._gap_s = 1 / tokens_per_s if tokens_per_s > 0 else 0.0
         self.n_ctx: Final = n_ctx
         self.slots: Final = slots
+        # Tokens left before the engine fails for good; None: never.
+        self._tokens_left = fail_after_tokens if fail_after_tokens > 0 else None
+        self._failure = Failure()
 
     @property
     def device(self) -> str:
         return "cpu"
+
+    @property
+    def failure(self) -> Failure:
+        return self._failure
+
+    def _spend_token(self) -> None:
+        """Count one token against `fail_after_tokens`; fail for good when none is left."""
+        if self._tokens_left is None:
+            return
+        if self._tokens_left <= 0:
+            self._failure.set("the fake engine failed after its configured token count")
+            raise EngineStopped("The engine stopped.")
+        self._tokens_left -= 1
 
     async def load(self) -> None:
         return None
@@ -95,9 +123,15 @@ class FakeEngine:
         limit = min(natural, room)
         return TOKENS, limit, "stop" if limit == NATURAL_LENGTH else "length"
 
-    async def stream(self, messages: Prompt, params: SamplingParams) -> AsyncIterator[Output]:
+    async def stream(
+        self, messages: Prompt, params: SamplingParams, on_prompt: OnPrompt | None = None
+    ) -> AsyncIterator[Output]:
+        if self._failure.reason is not None:
+            raise EngineStopped()
         prompt_tokens = count_prompt_tokens(messages)
         check_prompt(prompt_tokens, self.n_ctx)
+        if on_prompt is not None:
+            on_prompt(prompt_tokens)
         tokens, limit, final = self._plan(params, self.n_ctx - prompt_tokens)
         loop = asyncio.get_running_loop()
         # Sleep to absolute deadlines so the token rate does not drift under load.
@@ -107,6 +141,7 @@ class FakeEngine:
             delay = start + i * self._gap_s - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            self._spend_token()
             if params.top_logprobs is not None:
                 yield fake_logprobs(tokens, i, params.top_logprobs)
             text, stopped = matcher.feed(tokens[i % len(tokens)])

@@ -37,6 +37,7 @@ from worker.engine import (
     Finished,
     InvalidParameter,
     InvalidPrompt,
+    OnPrompt,
     Output,
     Prompt,
     PromptTooLong,
@@ -152,15 +153,19 @@ class _Generation:
     answer: Answer
     n: int
 
-    async def outputs(self, index: int, *, sent: bool) -> AsyncGenerator[Output, None]:
+    async def outputs(
+        self, index: int, *, sent: bool, on_prompt: OnPrompt | None = None
+    ) -> AsyncGenerator[Output, None]:
         """Choice `index`'s outputs, Finished last. Until something was `sent`, errors before
         the first output (context too long, engine failure) stay clean HTTP errors; after, any
         failure is an ApiError the stream can render. Closing this closes the engine stream,
-        which stops the engine at its next token whatever happened (done, error, cancelled)."""
+        which stops the engine at its next token whatever happened (done, error, cancelled).
+        `on_prompt` hears the prompt's token count before the first output."""
         app = self.request.app
         metrics = app[appkeys.METRICS]
         started = time.monotonic()
-        outputs = app[appkeys.ENGINE].stream(self.prompt, choice_sampling(self.sampling, index))
+        sampling = choice_sampling(self.sampling, index)
+        outputs = app[appkeys.ENGINE].stream(self.prompt, sampling, on_prompt)
         param = self.answer.prompt_param
         try:
             if sent:
@@ -202,12 +207,17 @@ async def _collect(generation: _Generation) -> web.StreamResponse:
 
 async def _send_stream(generation: _Generation) -> web.StreamResponse:
     response = web.StreamResponse(headers=sse.HEADERS)
+    # A metered stream tells the router its prompt's size before the first chunk.
+    metered = sse.USAGE_TRAILER_HEADER in generation.request.headers
     finished: list[Finished] = []
     try:
         try:
             for index in range(generation.n):
                 sent = response.prepared
-                async with aclosing(generation.outputs(index, sent=sent)) as outputs:
+                on_prompt = _prompt_header(response) if metered and not sent else None
+                async with aclosing(
+                    generation.outputs(index, sent=sent, on_prompt=on_prompt)
+                ) as outputs:
                     first = await anext(outputs)
                     if not sent:
                         await response.prepare(generation.request)
@@ -224,6 +234,14 @@ async def _send_stream(generation: _Generation) -> web.StreamResponse:
         # The client left between writes; closing the outputs stopped the engine.
         logger.debug("client disconnected mid-stream")
     return response
+
+
+def _prompt_header(response: web.StreamResponse) -> OnPrompt:
+    def on_prompt(tokens: int) -> None:
+        if not response.prepared:
+            response.headers[sse.PROMPT_TOKENS_HEADER] = str(tokens)
+
+    return on_prompt
 
 
 async def _send_choice(

@@ -102,6 +102,10 @@ async def get_model(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     slots = request.app[appkeys.SLOTS]
+    failure = request.app[appkeys.ENGINE].failure.reason
+    if failure is not None:  # worker.liveness takes the worker down
+        failed = {"status": "unavailable", "state": "failed", "reason": failure}
+        return json_response(failed, status=503)
     draining = slots.draining
     body = {
         "status": "unavailable" if draining else "ok",
@@ -126,4 +130,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
+    if app[appkeys.CONFIG].metrics_port is None:  # else on its own port (worker.metrics_listener)
+        app.router.add_get("/metrics", metrics)

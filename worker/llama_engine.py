@@ -9,7 +9,8 @@ token and the thread is free for the next request.
 Generation is driven here rather than through `create_chat_completion` so that:
 - the prompt is the model's own chat template (GGUF `tokenizer.chat_template`), rendered the way
   llama-cpp-python's Jinja2ChatFormatter and Hugging Face's apply_chat_template do, and
-  tokenised with special tokens parsed and BOS added only if the model asks for it (once);
+  tokenised with the template's special tokens parsed but not the request's (worker.specials)
+  and BOS added only if the model asks for it (once);
 - usage is exact: prompt tokens are the tokens evaluated, completion tokens every token sampled
   (an end-of-generation token included, since it cost a decode step);
 - multi-byte UTF-8 split across tokens is decoded incrementally, never emitted half-formed;
@@ -30,24 +31,32 @@ from __future__ import annotations
 import asyncio
 import codecs
 import ctypes
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from datetime import datetime
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from contract.formats import ResponseFormat
 from contract.tools import ToolCallFormat, Tools
 from contract.wire import SamplingParams
+from worker.chat_template import (
+    CHATML_TEMPLATE,
+    TemplateError,
+    compile_template,
+    raise_template_error,
+    strftime_now,
+)
 from worker.engine import (
     EngineStopped,
+    Failure,
     Finished,
     FinishReason,
     InvalidPrompt,
     Item,
+    OnPrompt,
     Output,
     Prompt,
     check_logit_bias,
@@ -57,23 +66,16 @@ from worker.engine import (
     with_default_length,
 )
 from worker.logprobs import LogitsHook, Logprobs, token_logprob
+from worker.specials import ControlTokens, pieces
 from worker.stops import StopMatcher
 from worker.tools import generic_chat, native_chat, template_knows_tools
 
 if TYPE_CHECKING:
-    from jinja2 import Template
     from llama_cpp import Llama
     from llama_cpp.llama_grammar import LlamaGrammar
 
 logger = logging.getLogger(__name__)
 
-# Used when a GGUF carries no chat template; llama.cpp's server falls back the same way.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
 
 
@@ -100,6 +102,11 @@ class LlamaEngine:
         self._model: ChatPrompt | None = None
         self.device = "cpu"
         self._active: set[threading.Event] = set()
+        self._failure = Failure()
+
+    @property
+    def failure(self) -> Failure:
+        return self._failure
 
     async def load(self) -> None:
         loop = asyncio.get_running_loop()
@@ -114,24 +121,33 @@ class LlamaEngine:
             await asyncio.get_running_loop().run_in_executor(self._executor, llm.close)
         self._executor.shutdown(wait=False)
 
-    async def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Output]:
+    async def stream(
+        self, prompt: Prompt, params: SamplingParams, on_prompt: OnPrompt | None = None
+    ) -> AsyncIterator[Output]:
         model = self._model
-        if model is None:
+        if model is None or self._failure.reason is not None:
             raise EngineStopped()
         params = with_default_length(params, self._default_max_tokens)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Item] = asyncio.Queue()
         cancel = threading.Event()
 
-        def emit(item: Item) -> None:
+        def call(function: Callable[[Any], None], arg: Any) -> None:
             try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+                # In order: on_prompt runs before the first output is queued.
+                loop.call_soon_threadsafe(function, arg)
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 cancel.set()
 
+        run = Run(
+            emit=lambda item: call(queue.put_nowait, item),
+            cancel=cancel,
+            failure=self._failure,
+            on_prompt=None if on_prompt is None else lambda n: call(on_prompt, n),
+        )
         self._active.add(cancel)
         try:
-            loop.run_in_executor(self._executor, model.run, prompt, params, emit, cancel)
+            loop.run_in_executor(self._executor, model.run, prompt, params, run)
             async with aclosing(relay(queue, cancel)) as outputs:
                 async for item in outputs:
                     yield item
@@ -160,6 +176,16 @@ class LlamaEngine:
         self._model = ChatPrompt(llm, self.n_ctx)
 
 
+@dataclass(frozen=True, slots=True)
+class Run:
+    """How one request's run on the engine thread reports back to the event loop."""
+
+    emit: Callable[[Item], None]
+    cancel: threading.Event
+    failure: Failure
+    on_prompt: Callable[[int], None] | None
+
+
 class ChatPrompt:
     """The loaded model's chat template and tokenizer; used only on the engine thread."""
 
@@ -185,17 +211,19 @@ class ChatPrompt:
         if not template_source:
             logger.warning("the model has no chat template; using ChatML")
             template_source = CHATML_TEMPLATE
-        self._template = _compile_template(template_source)
+        self._template = compile_template(template_source)
         self._native_tools = template_knows_tools(template_source)
-        self._template_errors = (_TemplateError, jinja2.TemplateError)
+        self._template_errors = (TemplateError, jinja2.TemplateError)
         self._template_globals = {"bos_token": bos_text, "eos_token": eos_text}
+        self._controls = ControlTokens.of_vocab(self._vocab, llm.n_vocab())
         self._piece_buffer = ctypes.create_string_buffer(256)
         self._n_vocab = llm.n_vocab()
 
     def prompt_tokens(self, messages: Prompt, tools: Tools | None = None) -> list[int]:
         """The rendered, tokenised prompt; `tools` go through the template when it knows
-        tools, else through a generic tool prompt (worker.tools). A raw text prompt is
-        tokenised as it is, special tokens included, as llama-server does."""
+        tools, else through a generic tool prompt (worker.tools). Control-token text in the
+        request stays plain text (worker.specials). A raw text prompt is tokenised as it is,
+        special tokens included, as llama-server does."""
         if isinstance(messages, str):
             return self._tokenize(messages)
         extra: dict[str, Any] = {}
@@ -206,55 +234,71 @@ class ChatPrompt:
                 extra["tools"] = tool_list
         else:
             chat = generic_chat(messages, tools)
+        marked: list[str] = []
+        chat, extra = self._controls.mark(chat, marked), self._controls.mark(extra, marked)
         try:
             prompt = self._template.render(
                 messages=chat,
                 **extra,
                 add_generation_prompt=True,
-                raise_exception=_raise_template_error,
-                strftime_now=_strftime_now,
+                raise_exception=raise_template_error,
+                strftime_now=strftime_now,
                 **self._template_globals,
             )
         except self._template_errors as exc:
             message = f"The model's chat template rejected these messages: {exc}"
             raise InvalidPrompt(message) from None
-        tokens = self._tokenize(prompt)
+        tokens = self._tokenize_marked(prompt, marked) if marked else self._tokenize(prompt)
         # A template that writes {{ bos_token }} itself plus add_bos would double it.
         if self._add_bos and tokens[:2] == [self._bos, self._bos]:
             del tokens[0]
         return tokens
 
-    def _tokenize(self, text: str) -> list[int]:
+    def _tokenize(self, text: str, *, special: bool = True, bos: bool = True) -> list[int]:
         tokens: list[int] = self._llm.tokenize(
-            text.encode("utf-8"), add_bos=self._add_bos, special=True
+            text.encode("utf-8"), add_bos=bos and self._add_bos, special=special
         )
+        return tokens
+
+    def _tokenize_marked(self, rendered: str, marked: list[str]) -> list[int]:
+        """The template's text with its special tokens, the marked request text without."""
+        tokens = [self._bos] if self._add_bos else []
+        for text, special in pieces(rendered, marked):
+            tokens += self._tokenize(text, special=special, bos=False)
         return tokens
 
     def grammar(self, fmt: ResponseFormat | ToolCallFormat | None) -> str | None:
         """The GBNF grammar `fmt` asks for, None for free text; raises UnsupportedFormat."""
         return None if fmt is None else self._grammars.get(fmt)
 
-    def run(
-        self,
-        messages: Prompt,
-        params: SamplingParams,
-        emit: Callable[[Item], None],
-        cancel: threading.Event,
-    ) -> None:
-        """The whole request, on the engine thread; every outcome goes through `emit`."""
+    def run(self, messages: Prompt, params: SamplingParams, run: Run) -> None:
+        """The whole request, on the engine thread; every outcome goes through `run.emit`.
+        A failure while generating is the engine's own: the context may hold a partial
+        write, so the engine is marked failed rather than trusted with the next request."""
         try:
-            if cancel.is_set():
+            if run.cancel.is_set():
                 return
+            if run.failure.reason is not None:  # queued behind the generation that failed
+                raise EngineStopped("The engine failed.")
             grammar = self.grammar(params.response_format)
             prompt = self.prompt_tokens(messages, params.tools)
             check_prompt(len(prompt), self._n_ctx)
             check_logit_bias(params, self._n_vocab)
             constraint = None if grammar is None else self._new_grammar(grammar)
-            finished = self._generate(prompt, params, constraint, emit, cancel)
-            if finished is not None:
-                emit(finished)
         except Exception as exc:
-            emit(exc)
+            run.emit(exc)
+            return
+        if run.on_prompt is not None:
+            run.on_prompt(len(prompt))
+        try:
+            finished = self._generate(prompt, params, constraint, run.emit, run.cancel)
+        except Exception as exc:
+            logger.exception("generation failed; the engine cannot be trusted any more")
+            run.failure.set(f"generation failed: {exc}")
+            run.emit(EngineStopped("The engine failed."))
+            return
+        if finished is not None:
+            run.emit(finished)
 
     def _generate(
         self,
@@ -340,51 +384,3 @@ class ChatPrompt:
             buffer = self._piece_buffer = ctypes.create_string_buffer(-n)
             n = self._lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
         return buffer.raw[:n]
-
-
-class _TemplateError(Exception):
-    pass
-
-
-def _raise_template_error(message: str) -> None:
-    raise _TemplateError(message)
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
-
-
-def _compile_template(source: str) -> Template:
-    """A sandboxed environment configured like Hugging Face's apply_chat_template."""
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class IgnoreGenerationTags(jinja2.ext.Extension):
-        """HF's `{% generation %}` marks training targets; rendering passes its body through."""
-
-        tags = {"generation"}  # noqa: RUF012 (jinja2 declares it a plain attribute)
-
-        def parse(self, parser: Any) -> Any:
-            parser.stream.skip(1)
-            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True,
-        lstrip_blocks=True,
-        extensions=[IgnoreGenerationTags, jinja2.ext.loopcontrols],
-    )
-    # HF's tojson keeps non-ASCII and does not HTML-escape, unlike jinja2's default.
-    env.filters["tojson"] = _tojson
-    return env.from_string(source)
-
-
-def _tojson(
-    value: Any,
-    ensure_ascii: bool = False,
-    indent: int | None = None,
-    separators: tuple[str, str] | None = None,
-    sort_keys: bool = False,
-) -> str:
-    return json.dumps(
-        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from contract.wire import SamplingParams
 from worker.engine import (
     EngineStopped,
+    Failure,
     Finished,
     FinishReason,
     Item,
@@ -82,9 +83,16 @@ class Layout:
 
 class StepLoop:
     def __init__(
-        self, model: LoadedModel, chat: ChatPrompt, ctx: Any, batch: Any, layout: Layout
+        self,
+        model: LoadedModel,
+        chat: ChatPrompt,
+        ctx: Any,
+        batch: Any,
+        layout: Layout,
+        failure: Failure | None = None,
     ) -> None:
         self._model = model
+        self._failure = failure if failure is not None else Failure()  # set if the loop dies
         self._chat = chat
         self._ctx = ctx
         self._batch = batch
@@ -122,8 +130,9 @@ class StepLoop:
                 if any(self._by_id):
                     self._step()
                 self._post()
-        except BaseException:
+        except BaseException as exc:
             logger.exception("the batched engine's step loop failed")
+            self._failure.set(f"the step loop failed: {exc!r}")
         finally:
             with self._lock:
                 self._stopped = True

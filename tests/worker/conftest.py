@@ -16,7 +16,7 @@ from contract.wire import SamplingParams
 from tests.processes import RedisServer
 from worker.app import create_app
 from worker.config import WorkerConfig
-from worker.engine import Engine, Finished, Prompt
+from worker.engine import Engine, Finished, OnPrompt, Prompt
 from worker.fake_engine import FakeEngine
 
 MODEL = "fake-model"
@@ -53,9 +53,11 @@ def fake_config(redis_url: str, **overrides: Any) -> WorkerConfig:
 def start_worker(aiohttp_client: AiohttpClient, redis_url: str) -> StartWorker:
     """A worker app on a test server (handler_cancellation on); torn down by the fixture."""
 
-    async def start(engine: Engine | None = None, **overrides: Any) -> WorkerClient:
+    async def start(
+        engine: Engine | None = None, *, secret: str | None = None, **overrides: Any
+    ) -> WorkerClient:
         config = fake_config(overrides.pop("redis_url", redis_url), **overrides)
-        return await aiohttp_client(create_app(config, engine))
+        return await aiohttp_client(create_app(config, engine, secret=secret))
 
     return start
 
@@ -69,7 +71,7 @@ class RefusingEngine(FakeEngine):
         self.after_text = after_text
 
     async def stream(
-        self, messages: Prompt, params: SamplingParams
+        self, messages: Prompt, params: SamplingParams, on_prompt: OnPrompt | None = None
     ) -> AsyncIterator[str | Finished]:
         if self.after_text:
             yield " partial"

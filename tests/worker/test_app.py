@@ -10,7 +10,7 @@ from contract.registry import read_snapshot
 from contract.wire import SamplingParams
 from worker import appkeys
 from worker.app import build_engine
-from worker.engine import Output, Prompt
+from worker.engine import OnPrompt, Output, Prompt
 from worker.fake_engine import FakeEngine
 
 from .conftest import StartWorker, fake_config
@@ -39,8 +39,10 @@ class WitnessEngine(FakeEngine):
     async def close(self) -> None:
         self.registered_at["close"] = await self.registered()
 
-    async def stream(self, messages: Prompt, params: SamplingParams) -> AsyncIterator[Output]:
-        async for item in super().stream(messages, params):
+    async def stream(
+        self, messages: Prompt, params: SamplingParams, on_prompt: OnPrompt | None = None
+    ) -> AsyncIterator[Output]:
+        async for item in super().stream(messages, params, on_prompt):
             yield item
 
 

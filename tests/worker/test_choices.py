@@ -12,7 +12,7 @@ from contract.errors import ServiceUnavailable
 from contract.wire import SamplingParams
 from tests.waits import eventually
 from worker import appkeys
-from worker.engine import EngineStopped, Output, Prompt
+from worker.engine import EngineStopped, OnPrompt, Output, Prompt
 from worker.fake_engine import FakeEngine
 
 from .conftest import StartWorker
@@ -27,10 +27,12 @@ class SeedRecordingEngine(RecordingEngine):
         self.seeds: list[int | None] = []
         self.peak_open = 0
 
-    async def stream(self, messages: Prompt, params: SamplingParams) -> AsyncIterator[Output]:
+    async def stream(
+        self, messages: Prompt, params: SamplingParams, on_prompt: OnPrompt | None = None
+    ) -> AsyncIterator[Output]:
         self.seeds.append(params.seed)
         self.peak_open = max(self.peak_open, self.open_streams + 1)
-        outputs = super().stream(messages, params)
+        outputs = super().stream(messages, params, on_prompt)
         try:
             async for item in outputs:
                 yield item
@@ -138,11 +140,13 @@ class SecondChoiceFails(FakeEngine):
         super().__init__(ttft_ms=0, tokens_per_s=0)
         self.streams = 0
 
-    async def stream(self, messages: Prompt, params: SamplingParams) -> AsyncIterator[Output]:
+    async def stream(
+        self, messages: Prompt, params: SamplingParams, on_prompt: OnPrompt | None = None
+    ) -> AsyncIterator[Output]:
         self.streams += 1
         if self.streams > 1:
             raise EngineStopped("The engine stopped.")
-        async for item in super().stream(messages, params):
+        async for item in super().stream(messages, params, on_prompt):
             yield item
 
 

@@ -135,3 +135,19 @@ def test_normalisers() -> None:
         ).redis_url
         == "redis://w"
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://user:s3cret\uff03pw@127.0.0.1:6379/0",  # urllib quotes the netloc it refuses
+        "redis://user:s3cretpw@127.0.0.1:99999/0",  # used to fail later, in a traceback
+        "http://user:s3cretpw@127.0.0.1/0",
+    ],
+)
+def test_a_bad_redis_url_is_refused_without_its_password(url: str) -> None:
+    base = ["--model-id", "m", "--engine", "fake"]
+    with pytest.raises(ConfigError) as caught:
+        load_config([*base, "--redis-url", url], {})
+    assert str(caught.value).startswith("--redis-url: expected redis://")
+    assert "s3cret" not in str(caught.value)

