@@ -3,7 +3,7 @@
 Admission is the one place that changes an upstream's load and breaker state (router.upstream):
 a request begins on a worker when it is granted a place (`acquire`), ends when it gives the place
 back (`release`), and the relay reports in between how the worker did (`succeeded`, `refused`
-before any answer, `failed` mid-answer).
+before any answer, `failed` mid-answer, `slow` past a time bound).
 
 A worker advertises its slots in its registry record. This replica sends a worker no more
 requests at once than that (`Upstream.has_room`: its own in-flight count, exact and local, so
@@ -14,22 +14,33 @@ replicas' load does count in the choice). Several replicas can together send a w
 its slots; the worker's own bounded queue absorbs that, and a worker that is full answers 503,
 which the relay retries on another worker.
 
-When no worker of the model has room, the request waits in that model's FIFO queue:
+When no worker of the model has room, the request waits in that model's queue, which serves
+tenants (projects; "" when auth is off) in turn, so a flood from one tenant delays only that
+tenant:
 
+- fair: each tenant has its own FIFO sub-queue. Capacity that frees goes to the waiting tenant
+  with the fewest requests running on the model's workers through this replica; among equals,
+  in turn (round-robin). Two saturating tenants thus get half the slots each, and a light
+  tenant's requests start as soon as any slot frees. Each replica is fair over its own slots;
 - woken, not polled: every change that can free capacity (a request to the model ends, a worker
   joins or becomes ready or changes its slots, a breaker's open time runs out, a probe succeeds)
-  hands free capacity straight to the first waiters that can use it (`_dispatch`), reserving the
+  hands free capacity straight to the waiters that can use it (`_dispatch`), reserving the
   worker for them before they even wake, so there is no thundering herd and no lost wake-up;
-- bounded: at most `queue_max` waiters per model, else 503 at once (code `queue_full`); at most
-  `queue_timeout_s` of waiting per request, else 503 (code `queue_timeout`). Both carry
-  `Retry-After`. 503, not 429: the service is short of capacity, which says nothing about the
-  caller's own rate (429 is tenancy's rate limit); the OpenAI SDKs retry both;
+- bounded: at most `queue_max` waiters per model and `queue_timeout_s` of waiting per request,
+  else 503 (codes `queue_full`, `queue_timeout`) with `Retry-After`. 503, not 429: the service
+  is short of capacity, which says nothing about the caller's own rate (429 is tenancy's rate
+  limit); the OpenAI SDKs retry both. The bound is shared fairly too: with n tenants waiting
+  (the newcomer's counted), each is owed queue_max // n places. A newcomer to a full queue whose
+  tenant holds fewer than that takes the place of the newest waiter of the tenant with the most
+  waiters, which is answered 503 `queue_full`; otherwise the newcomer is. So one tenant's flood
+  can fill the queue only while nobody else waits;
 - a waiter whose client hangs up (its task is cancelled) leaves the queue at once; if capacity
   had just been handed to it, that is passed on to the next waiter.
 
 A request retried after a failure before its first byte (router.proxy) comes back with the
-workers it tried, which it will not get again; it goes to the front of the queue and may exceed
-`queue_max`: it was admitted once already. All of its attempts share one wait deadline.
+workers it tried, which it will not get again; it goes to the front of its tenant's sub-queue
+and may exceed `queue_max`: it was admitted once already. All of its attempts share one wait
+deadline.
 """
 
 from __future__ import annotations
@@ -57,38 +68,92 @@ logger = logging.getLogger(__name__)
 QUEUE_RETRY_AFTER_S: Final = 1.0
 
 
-class Grant:
-    """A reserved place on one worker: the holder must give it back with `Admission.release`."""
-
-    __slots__ = ("done", "probe", "upstream")
-
-    def __init__(self, upstream: Upstream, probe: bool) -> None:
-        self.upstream = upstream
-        self.probe = probe  # this request is the half-open breaker's probe
-        self.done = False
-
-
 class _Waiter:
-    __slots__ = ("future", "tried")
+    __slots__ = ("future", "tenant", "tried")
 
-    def __init__(self, tried: Sequence[str], future: asyncio.Future[Grant]) -> None:
+    def __init__(self, tenant: str, tried: Sequence[str], future: asyncio.Future[Grant]) -> None:
+        self.tenant = tenant
         self.tried = tried
         self.future = future
 
 
 class _Queue:
-    __slots__ = ("length", "waiters")
+    """One model's waiters, a FIFO per tenant, and each tenant's requests running on it."""
+
+    __slots__ = ("length", "running", "tenants", "waiting")
 
     def __init__(self, length: Any) -> None:
-        self.waiters: deque[_Waiter] = deque()
+        # Tenants with waiters only, in turn order (a tenant served goes to the back).
+        self.tenants: dict[str, deque[_Waiter]] = {}
+        self.running: dict[str, int] = {}  # granted and not yet released, by tenant
+        self.waiting = 0
         self.length = length  # the model's router_queue_length child
 
+    def add(self, waiter: _Waiter, *, front: bool) -> None:
+        waiters = self.tenants.get(waiter.tenant)
+        if waiters is None:
+            waiters = self.tenants[waiter.tenant] = deque()
+        if front:
+            waiters.appendleft(waiter)
+        else:
+            waiters.append(waiter)
+        self.waiting += 1
+        self.length.set(self.waiting)
+
     def remove(self, waiter: _Waiter) -> None:
+        waiters = self.tenants.get(waiter.tenant)
+        if waiters is None:
+            return
         try:
-            self.waiters.remove(waiter)
+            waiters.remove(waiter)
         except ValueError:
             return
-        self.length.set(len(self.waiters))
+        if not waiters:
+            del self.tenants[waiter.tenant]
+        self.waiting -= 1
+        self.length.set(self.waiting)
+
+    def by_need(self) -> list[tuple[str, deque[_Waiter]]]:
+        """Waiting tenants, fewest running first; the sort is stable, so ties keep turn order."""
+        running = self.running
+        return sorted(self.tenants.items(), key=lambda item: running.get(item[0], 0))
+
+    def served(self, tenant: str) -> None:
+        """`tenant` just got capacity: it goes to the back of the turn order."""
+        waiters = self.tenants.pop(tenant, None)
+        if waiters:
+            self.tenants[tenant] = waiters
+
+    def victim(self, tenant: str, queue_max: int) -> _Waiter | None:
+        """Whom a newcomer of `tenant` to this full queue displaces: the newest waiter of the
+        tenant with the most waiters if `tenant` holds less than its share, else nobody."""
+        tenants = self.tenants
+        mine = tenants.get(tenant)
+        share = queue_max // (len(tenants) + (mine is None))
+        if (len(mine) if mine else 0) >= share:
+            return None
+        return max(tenants.values(), key=len)[-1]
+
+
+class Grant:
+    """A reserved place on one worker: the holder must give it back with `Admission.release`."""
+
+    __slots__ = ("done", "probe", "queue", "tenant", "upstream")
+
+    def __init__(self, upstream: Upstream, probe: bool, queue: _Queue, tenant: str) -> None:
+        self.upstream = upstream
+        self.probe = probe  # this request is the half-open breaker's probe
+        self.queue = queue  # its model's queue, which counts the tenant's running requests
+        self.tenant = tenant
+        self.done = False
+
+
+def _queue_full() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Every worker for this model is busy and the queue is full; retry shortly.",
+        code="queue_full",
+        retry_after_s=QUEUE_RETRY_AFTER_S,
+    )
 
 
 class Admission:
@@ -114,18 +179,28 @@ class Admission:
 
     # -- the request side --------------------------------------------------------------------
 
-    def waiting(self, model: str) -> int:
+    def waiting(self, model: str, tenant: str | None = None) -> int:
+        """Requests waiting for `model` (only `tenant`'s, if given)."""
         queue = self._queues.get(model)
-        return len(queue.waiters) if queue is not None else 0
+        if queue is None:
+            return 0
+        if tenant is None:
+            return queue.waiting
+        return len(queue.tenants.get(tenant, ()))
 
-    async def acquire(self, model: str, tried: Sequence[str], deadline: float) -> Grant | None:
-        """A worker of `model` with room that the request has not `tried`, waiting until loop
-        time `deadline`.
+    async def acquire(
+        self, model: str, tenant: str, tried: Sequence[str], deadline: float
+    ) -> Grant | None:
+        """A worker of `model` with room that the request of `tenant` has not `tried`, waiting
+        until loop time `deadline`.
 
         None when every candidate has been tried; the view's no-worker error when the model has
         no candidate at all; ServiceUnavailable when the queue is full or the deadline passes.
         """
-        grant = self._try(model, tried)
+        queue = self._queues.get(model)
+        if queue is None:
+            queue = self._queues[model] = _Queue(self._metrics.queue_length.labels(model))
+        grant = self._try(queue, model, tenant, tried)
         if grant is not None:
             return grant
         if all(u.worker_id in tried for u in self._view.candidates(model)):
@@ -133,20 +208,10 @@ class Admission:
                 raise self._view.no_worker(model)
             return None
         retry = bool(tried)
-        queue = self._queue(model)
-        if not retry and len(queue.waiters) >= self._queue_max:
-            self._metrics.queue_rejections.labels(QueueRejection.FULL).inc()
-            raise ServiceUnavailable(
-                "Every worker for this model is busy and the queue is full; retry shortly.",
-                code="queue_full",
-                retry_after_s=QUEUE_RETRY_AFTER_S,
-            )
-        waiter = _Waiter(tried, asyncio.get_running_loop().create_future())
-        if retry:
-            queue.waiters.appendleft(waiter)
-        else:
-            queue.waiters.append(waiter)
-        queue.length.set(len(queue.waiters))
+        if not retry and queue.waiting >= self._queue_max:
+            self._make_room(queue, tenant)
+        waiter = _Waiter(tenant, tried, asyncio.get_running_loop().create_future())
+        queue.add(waiter, front=retry)
         granted: Grant | None = None
         try:
             async with asyncio.timeout_at(deadline):
@@ -163,14 +228,25 @@ class Admission:
             self._metrics.cancellations.labels(CancelPhase.QUEUED).inc()
             raise
         finally:
-            if granted is None:  # leaving without it: timed out or cancelled
+            if granted is None:  # leaving without it: timed out, cancelled or displaced
                 future = waiter.future
-                if future.done() and not future.cancelled():
+                if future.done() and not future.cancelled() and future.exception() is None:
                     # Capacity was handed over just as we gave up: pass it on.
                     self.release(future.result())
                 else:
                     future.cancel()
                     queue.remove(waiter)
+
+    def _make_room(self, queue: _Queue, tenant: str) -> None:
+        """The queue is full: displace another tenant's newest waiter for `tenant`'s newcomer
+        if `tenant` is under its share (see above), else refuse the newcomer."""
+        self._metrics.queue_rejections.labels(QueueRejection.FULL).inc()
+        victim = queue.victim(tenant, self._queue_max)
+        if victim is None:
+            raise _queue_full()
+        queue.remove(victim)
+        if not victim.future.done():  # else it is leaving already
+            victim.future.set_exception(_queue_full())
 
     def release(self, grant: Grant) -> None:
         """Give back a grant (idempotent): the worker's place goes to the next waiter."""
@@ -179,6 +255,12 @@ class Admission:
         grant.done = True
         upstream = grant.upstream
         upstream.end()
+        running, tenant = grant.queue.running, grant.tenant
+        left = running.get(tenant, 0) - 1
+        if left > 0:
+            running[tenant] = left
+        else:
+            running.pop(tenant, None)  # only tenants with requests running are kept
         upstream.breaker.abandoned(grant.probe)  # a probe with no verdict frees its place
         self._dispatch(upstream.record.model)
 
@@ -204,6 +286,12 @@ class Admission:
         else:
             self.failed(grant, kind)
 
+    def slow(self, grant: Grant) -> None:
+        """The worker had the request and was still at it when its time ran out: counted as a
+        timeout, but neither against its breaker nor its load (router.proxy says why)."""
+        worker = grant.upstream.worker_id
+        self._metrics.upstream_errors.labels(worker, UpstreamError.TIMEOUT).inc()
+
     def failed(self, grant: Grant, kind: UpstreamError) -> None:
         """The worker failed this request (see router.breaker for what counts)."""
         upstream = grant.upstream
@@ -222,7 +310,7 @@ class Admission:
     def capacity_changed(self) -> None:
         """The registry view changed (a view listener): try every model that has waiters."""
         for model, queue in self._queues.items():
-            if queue.waiters:
+            if queue.waiting:
                 self._dispatch(model)
 
     def close(self) -> None:
@@ -230,7 +318,7 @@ class Admission:
             timer.cancel()
         self._timers.clear()
 
-    def _try(self, model: str, tried: Sequence[str]) -> Grant | None:
+    def _try(self, queue: _Queue, model: str, tenant: str, tried: Sequence[str]) -> Grant | None:
         """Reserve the policy's pick among the workers with room, if there is one."""
         now = self._clock()
         room = [
@@ -244,34 +332,39 @@ class Admission:
         if upstream is None:
             return None
         upstream.begin()
-        return Grant(upstream, upstream.breaker.dispatched())
+        running = queue.running
+        running[tenant] = running.get(tenant, 0) + 1
+        return Grant(upstream, upstream.breaker.dispatched(), queue, tenant)
 
     def _dispatch(self, model: str) -> None:
-        """Hand free capacity to the first waiters that can use it, in queue order."""
+        """Hand free capacity to waiters, one place at a time, the most under-served first."""
         queue = self._queues.get(model)
-        if queue is None or not queue.waiters:
+        if queue is None:
             return
-        for waiter in list(queue.waiters):
-            if waiter.future.done():
-                queue.remove(waiter)
-                continue
-            grant = self._try(model, waiter.tried)
-            if grant is None:
-                if not self._any_room(model):
-                    break
-                continue  # this waiter has tried what is free; a later one may not have
-            waiter.future.set_result(grant)
-            queue.remove(waiter)
+        while queue.waiting and self._hand_over(queue, model):
+            pass
+
+    def _hand_over(self, queue: _Queue, model: str) -> bool:
+        """Give one free place to the first waiter, in tenant need then queue order, that can
+        use it; False when none can."""
+        for tenant, waiters in queue.by_need():
+            for waiter in waiters:
+                if waiter.future.done():
+                    continue  # cancelled; its own task removes it
+                grant = self._try(queue, model, tenant, waiter.tried)
+                if grant is not None:
+                    queue.remove(waiter)
+                    queue.served(tenant)
+                    waiter.future.set_result(grant)
+                    return True
+                if not waiter.tried or not self._any_room(model):
+                    return False  # no room at all
+                # This waiter has tried what is free; another may not have.
+        return False
 
     def _any_room(self, model: str) -> bool:
         now = self._clock()
         return any(u.has_room and u.breaker.allows(now) for u in self._view.candidates(model))
-
-    def _queue(self, model: str) -> _Queue:
-        queue = self._queues.get(model)
-        if queue is None:
-            queue = self._queues[model] = _Queue(self._metrics.queue_length.labels(model))
-        return queue
 
     def _wake_later(self, model: str, delay_s: float) -> None:
         """A breaker's open time ends in `delay_s`: its worker may take a probe then."""

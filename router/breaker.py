@@ -5,10 +5,12 @@
     HALF_OPEN ── the probe succeeds ──▶ CLOSED, and the open time goes back to `open_s`
     HALF_OPEN ── the probe fails ──▶ OPEN again, for twice as long (up to MAX_OPEN_S)
 
-A failure is what the relay sees before or while the worker answers: a refused, reset or timed-out
-connection, a 5xx other than 503, a first-token timeout, a stream broken mid-way. A success is
-an answer with a status below 500. A 503 is neither: the worker is up and full or draining,
-which the load penalty (`Upstream.refused`) handles.
+A failure is what the relay sees before or while the worker answers that shows it cannot serve:
+a refused, reset or timed-out connection, a 5xx other than 503, a stream broken or silent
+mid-way, a frame that never ends. A success is an answer with a status below 500. A 503 is
+neither: the worker is up and full or draining, which the load penalty (`Upstream.refused`)
+handles. Nor is a timeout on a worker that has the request and is still at it (slow is not
+dead: router.proxy).
 
 The probe is a real request. It is chosen only while the worker is half-open, and a failure
 before the first byte sends it on to another worker, so probing costs a client at most one quick
