@@ -5,13 +5,29 @@ A request names its project and endpoint by path (`/proj_X/my-endpoint/v1/...`),
 endpoints). Order matters: the key is checked first, so a bad key gets 401 and never a hint about
 which projects or endpoints exist; a key used on another project's URL gets that project's 404.
 
-Redis is touched only through the key and endpoint caches (a few seconds' TTL) and, for keys with
-limits, one rate-limit script call; a Redis failure here is a 503, never a 500.
+Metering: a request made with a key is admitted (`admit`) and, however it ends, settled once
+(`settle`); requests without a key (auth off) are not metered at all. Admission takes, in one
+rate-limit script call (router.ratelimit), a request against the key's RPM, a reservation against
+its TPM and a concurrency slot, each only if the key has that limit. The reservation is the
+request's worst case: its prompt estimated from the body (router.exchange) plus its length bound
+(max_tokens times n, else --reserve-max-tokens per choice), capped at the key's whole TPM so a
+big request waits for a full bucket instead of being refused forever. The slot's lease is the
+longest life a request can have, so a router that dies mid-request frees it when the lease ends.
+Settling charges what the relay metered (router.exchange.TokenMeter: the exact usage when the
+worker sent it, else the prompt and the frames relayed), frees the slot and adds the tokens to
+the key's and project's counters, in Redis and in the router's metrics; it runs shielded from
+the client's cancellation, and a Redis failure there is logged and counted, never the client's.
+
+Redis is touched only through the key and endpoint caches (a few seconds' TTL), one admit call
+for keys with limits, and one settle call per keyed request; a Redis failure before the answer is
+a 503, never a 500.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,9 +39,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract.errors import ModelNotFound, NotFound, ServiceUnavailable
+from contract.keyspace import Keyspace
 from router.apikeys import DEFAULT_CACHE_ENTRIES, KeyCache, parse_bearer
 from router.config import RouterConfig
+from router.exchange import PROMPT_BYTES_PER_TOKEN, TokenMeter
 from router.hosts import named_by_host
+from router.metrics import RouterMetrics
 from router.ratelimit import UNLIMITED, Decision, RateLimiter
 from router.tenants import Endpoint, KeyRecord, find_endpoint, list_endpoints, normalize_project_id
 from router.ttlcache import TtlCache
@@ -34,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 REDIS_RETRY_AFTER_S = 1.0
+SLOT_ID_BYTES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +70,32 @@ class Scope:
 OPEN = Scope(key=None, project_id=None, endpoint=None, models=None)
 
 
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A keyed request's admission: what `settle` undoes and charges when the request ends."""
+
+    key: KeyRecord
+    slot: str  # its concurrency slot's id, made here (a client's request id may repeat); or ""
+    decision: Decision  # its x-ratelimit-* headers and the tokens it reserved
+    meter: TokenMeter  # what the relay saw of the request's usage
+
+
+def slot_lease_ms(config: RouterConfig) -> int:
+    """The longest a request can hold a concurrency slot (router.proxy's bounds): its queue
+    wait, each attempt's wait for a first byte, the stream, the writes around it, and a second
+    for the settle round trip."""
+    life_s = (
+        config.queue_timeout_s
+        + config.max_attempts * config.first_token_timeout_s
+        + 2 * config.read_timeout_s
+        + config.max_stream_s
+    )
+    return math.ceil((life_s + 1) * 1000)
+
+
 class Access:
     """One per app: turns a request into its Scope (key, project, endpoint, allowed models),
-    then admits it against the key's rate limits and charges its tokens afterwards.
+    then admits it against the key's limits and settles its usage when it ends (see above).
 
     Keys, endpoints and a project's models are each cached for `config.key_cache_ttl_s`, so a
     change made with the admin tools reaches every replica within that TTL.
@@ -62,21 +105,26 @@ class Access:
         self,
         redis: Redis[Any],
         config: RouterConfig,
+        metrics: RouterMetrics,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
+        self._keyspace: Keyspace = config.keyspace
+        self._metrics = metrics
         self._auth = config.auth
         self._base_domain = config.base_domain
+        self._lease_ms = slot_lease_ms(config)
         ttl = config.key_cache_ttl_s
-        self._keys = KeyCache(redis, ttl_s=ttl, clock=clock)  # rejects a TTL past the bound
+        # Rejects a TTL past the bound.
+        self._keys = KeyCache(redis, ttl_s=ttl, clock=clock, keyspace=self._keyspace)
         self._endpoints: TtlCache[tuple[str, str], Endpoint | None] = TtlCache(
             ttl, DEFAULT_CACHE_ENTRIES, clock
         )
         self._project_models: TtlCache[str, frozenset[str]] = TtlCache(
             ttl, DEFAULT_CACHE_ENTRIES, clock
         )
-        self.limiter = RateLimiter(redis)
+        self.limiter = RateLimiter(redis, self._keyspace)
 
     async def scope(self, request: web.Request) -> Scope:
         """Authenticate and resolve what the URL or Host names; 401/404 on failure."""
@@ -98,13 +146,13 @@ class Access:
             if project is None:
                 raise NotFound("Project not found.")
         if name is not None:
-            load = partial(find_endpoint, self._redis, project, name)
+            load = partial(find_endpoint, self._redis, project, name, keyspace=self._keyspace)
             endpoint = await self._endpoints.get_or_load((project, name), load)
             if endpoint is None:
                 raise NotFound(f"Endpoint `{name}` not found.")
             return Scope(key, project, endpoint, frozenset(endpoint.models))
         models = await self._project_models.get_or_load(
-            project, partial(_project_models, self._redis, project)
+            project, partial(_project_models, self._redis, project, self._keyspace)
         )
         return Scope(key, project, None, models)
 
@@ -121,28 +169,52 @@ class Access:
         if not scope.allows(model):
             raise ModelNotFound(model)
 
-    async def admit(self, scope: Scope) -> Decision:
-        key = scope.key
-        if key is None or (key.rpm is None and key.tpm is None):
-            return UNLIMITED
-        decision = await _redis_guard(self.limiter.admit(key.key_id, key.rpm, key.tpm))
-        if not decision.admitted:
-            raise decision.error()
-        return decision
+    async def admit(self, key: KeyRecord, body_bytes: int, length_bound: int) -> Ticket:
+        """The key's admission of a request, or its 429 (or 503 without Redis).
+        `length_bound`: the most completion tokens the request may generate, all choices."""
+        meter = TokenMeter(body_bytes // PROMPT_BYTES_PER_TOKEN)
+        decision = UNLIMITED
+        slot = os.urandom(SLOT_ID_BYTES).hex() if key.max_concurrent is not None else ""
+        if key.limited:
+            reserve = 0 if key.tpm is None else min(key.tpm, meter.estimate + length_bound)
+            admit = self.limiter.admit(
+                key.key_id,
+                key.rpm,
+                key.tpm,
+                reserve=reserve,
+                max_concurrent=key.max_concurrent,
+                slot=slot,
+                lease_ms=self._lease_ms,
+            )
+            decision = await _redis_guard(admit)
+            if not decision.admitted:
+                raise decision.error()
+        return Ticket(key, slot, decision, meter)
 
-    async def charge(self, scope: Scope, tokens: int) -> None:
-        key = scope.key
-        if key is None or key.tpm is None or tokens <= 0:
-            return
+    async def settle(self, ticket: Ticket) -> None:
+        """Charge what the request used, free its slot, count its tokens; call it once, when
+        the request has ended, whatever the way. Never raises for Redis."""
+        key, meter = ticket.key, ticket.meter
+        usage = (meter.prompt_tokens, meter.completion_tokens)
+        self._metrics.token_counters(key.project_id, key.key_id).add(*usage)
+        settle = self.limiter.settle(
+            key.key_id,
+            key.project_id,
+            usage,
+            tpm=key.tpm,
+            reserved=ticket.decision.reserved_tokens,
+            slot=ticket.slot,
+        )
         try:
-            await self.limiter.charge_tokens(key.key_id, tokens, key.tpm)
+            await settle
         except RedisError:
             # The response has been served; losing one charge beats failing it afterwards.
-            logger.warning("could not charge %d tokens to key %s", tokens, key.key_id)
+            self._metrics.settle_errors.inc()
+            logger.warning("could not settle %d tokens of key %s", sum(usage), key.key_id)
 
 
-async def _project_models(redis: Redis[Any], project_id: str) -> frozenset[str]:
-    endpoints = await list_endpoints(redis, project_id)
+async def _project_models(redis: Redis[Any], project_id: str, keyspace: Keyspace) -> frozenset[str]:
+    endpoints = await list_endpoints(redis, project_id, keyspace=keyspace)
     return frozenset(m for e in endpoints for m in e.models)
 
 

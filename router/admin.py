@@ -1,25 +1,31 @@
 """`python -m router admin ...`: manage projects, endpoints and API keys in Redis.
 
-    admin [--redis-url URL] [--json] project create NAME [--slug SLUG]
-                                     project list
-                                     project delete PROJECT_ID
-                                     endpoint create PROJECT_ID NAME --model MODEL [--model ...]
-                                     endpoint list PROJECT_ID
-                                     endpoint delete PROJECT_ID NAME
-                                     key create PROJECT_ID [--name LABEL] [--rpm N] [--tpm N]
-                                                [--expires-in 30d]
-                                     key list PROJECT_ID
-                                     key revoke KEY_ID
-                                     key delete KEY_ID
-                                     demo --model MODEL [--model ...] [--project demo]
-                                          [--endpoint chat] [--env-file PATH]
-                                          [--router-url URL] [--base-domain DOMAIN]
+    admin [--redis-url URL] [--redis-prefix PREFIX] [--json] COMMAND
 
---redis-url defaults to $REDIS_URL, then redis://127.0.0.1:6379/0. --json prints one JSON
-document (times in unix ms); otherwise a short human listing. `key create` prints the clear key
-once; Redis keeps only its hash, so nothing can show it again. `demo` is idempotent (see
-router.demo) and prints how to call the plain, path-based and DNS-based URLs. Exit status: 0 done,
-1 failed (not found, invalid, Redis unreachable), 2 usage error.
+    COMMAND:
+        project create NAME [--slug SLUG]
+        project list
+        project delete PROJECT_ID
+        endpoint create PROJECT_ID NAME --model MODEL [--model ...]
+        endpoint list PROJECT_ID
+        endpoint delete PROJECT_ID NAME
+        key create PROJECT_ID [--name LABEL] [--rpm N] [--tpm N]
+                   [--max-concurrent N] [--expires-in 30d]
+        key list PROJECT_ID
+        key revoke KEY_ID
+        key delete KEY_ID
+        usage PROJECT_ID
+        demo --model MODEL [--model ...] [--project demo]
+             [--endpoint chat] [--env-file PATH]
+             [--router-url URL] [--base-domain DOMAIN]
+
+--redis-url defaults to $REDIS_URL, then redis://127.0.0.1:6379/0; --redis-prefix (the routers'
+and workers' --redis-prefix) to $ROUTER_REDIS_PREFIX, then none. --json prints one JSON
+document (times in unix ms); otherwise a short human listing. `key list` and `usage` show the
+tokens routers counted (prompt, completion) and the requests that used any. `key create` prints
+the clear key once; Redis keeps only its hash, so nothing can show it again. `demo` is idempotent
+(see router.demo) and prints how to call the plain, path-based and DNS-based URLs. Exit status:
+0 done, 1 failed (not found, invalid, Redis unreachable), 2 usage error.
 
 This module is the command line only: the operations are router.tenant_admin and router.demo.
 """
@@ -42,6 +48,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract.errors import ApiError
+from contract.keyspace import Keyspace
 from contract.registry import now_ms
 from router import demo, tenant_admin
 from router.tenants import KeyRecord, list_endpoints
@@ -69,6 +76,13 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _keyspace(text: str) -> Keyspace:
+    try:
+        return Keyspace(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _key_dict(record: KeyRecord) -> dict[str, Any]:
     return {**record.to_dict(), "status": record.status(now_ms())}
 
@@ -77,51 +91,75 @@ def _key_dict(record: KeyRecord) -> dict[str, Any]:
 
 
 async def _project_create(redis: Redis[Any], args: argparse.Namespace) -> Result:
-    return (await tenant_admin.create_project(redis, args.name, slug=args.slug)).to_dict()
+    project = await tenant_admin.create_project(
+        redis, args.name, slug=args.slug, keyspace=args.keyspace
+    )
+    return project.to_dict()
 
 
 async def _project_list(redis: Redis[Any], args: argparse.Namespace) -> Result:
-    return [p.to_dict() for p in await tenant_admin.list_projects(redis)]
+    return [p.to_dict() for p in await tenant_admin.list_projects(redis, keyspace=args.keyspace)]
 
 
 async def _project_delete(redis: Redis[Any], args: argparse.Namespace) -> Result:
-    await tenant_admin.delete_project(redis, args.project_id)
+    await tenant_admin.delete_project(redis, args.project_id, keyspace=args.keyspace)
     return {"deleted": args.project_id}
 
 
 async def _endpoint_create(redis: Redis[Any], args: argparse.Namespace) -> Result:
-    endpoint = await tenant_admin.create_endpoint(redis, args.project_id, args.name, args.models)
+    endpoint = await tenant_admin.create_endpoint(
+        redis, args.project_id, args.name, args.models, keyspace=args.keyspace
+    )
     return endpoint.to_dict()
 
 
 async def _endpoint_list(redis: Redis[Any], args: argparse.Namespace) -> Result:
-    return [e.to_dict() for e in await list_endpoints(redis, args.project_id)]
+    endpoints = await list_endpoints(redis, args.project_id, keyspace=args.keyspace)
+    return [e.to_dict() for e in endpoints]
 
 
 async def _endpoint_delete(redis: Redis[Any], args: argparse.Namespace) -> Result:
-    await tenant_admin.delete_endpoint(redis, args.project_id, args.name)
+    await tenant_admin.delete_endpoint(redis, args.project_id, args.name, keyspace=args.keyspace)
     return {"deleted": args.name}
 
 
 async def _key_create(redis: Redis[Any], args: argparse.Namespace) -> Result:
     expires_ms = None if args.expires_in is None else now_ms() + args.expires_in * 1000
     new = await tenant_admin.create_key(
-        redis, args.project_id, name=args.name, rpm=args.rpm, tpm=args.tpm, expires_ms=expires_ms
+        redis,
+        args.project_id,
+        name=args.name,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        max_concurrent=args.max_concurrent,
+        expires_ms=expires_ms,
+        keyspace=args.keyspace,
     )
     return {"key": new.key, **_key_dict(new.record)}
 
 
 async def _key_list(redis: Redis[Any], args: argparse.Namespace) -> Result:
-    return [_key_dict(k) for k in await tenant_admin.list_keys(redis, args.project_id)]
+    keys = await tenant_admin.list_keys(redis, args.project_id, keyspace=args.keyspace)
+    used = await tenant_admin.usage(redis, args.project_id, keyspace=args.keyspace)
+    by_id = {counts.pop("key_id"): counts for counts in used["keys"]}
+    return [{**_key_dict(k), **by_id.get(k.key_id, {})} for k in keys]
 
 
 async def _key_revoke(redis: Redis[Any], args: argparse.Namespace) -> Result:
-    return _key_dict(await tenant_admin.revoke_key(redis, args.key_id))
+    return _key_dict(await tenant_admin.revoke_key(redis, args.key_id, keyspace=args.keyspace))
 
 
 async def _key_delete(redis: Redis[Any], args: argparse.Namespace) -> Result:
-    await tenant_admin.delete_key(redis, args.key_id)
+    await tenant_admin.delete_key(redis, args.key_id, keyspace=args.keyspace)
     return {"deleted": args.key_id}
+
+
+async def _usage(redis: Redis[Any], args: argparse.Namespace) -> Result:
+    used = await tenant_admin.usage(redis, args.project_id, keyspace=args.keyspace)
+    if args.json:
+        return used
+    project = {k: v for k, v in used.items() if k != "keys"}
+    return [{"key_id": "(project)", **project}, *used["keys"]]  # one table: project, then keys
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -135,6 +173,7 @@ async def _demo(redis: Redis[Any], args: argparse.Namespace) -> Result:
         env_file=args.env_file,
         router_url=args.router_url,
         base_domain=args.base_domain,
+        keyspace=args.keyspace,
     )
     return await demo.provision(redis, spec)
 
@@ -161,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     # subparser from overwriting a value given earlier with its default.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--redis-url", default=argparse.SUPPRESS, help="default: $REDIS_URL")
+    common.add_argument(
+        "--redis-prefix",
+        dest="keyspace",
+        type=_keyspace,
+        default=argparse.SUPPRESS,
+        help="default: $ROUTER_REDIS_PREFIX",
+    )
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(
@@ -171,12 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
         help=f"default: $REDIS_URL, else {DEFAULT_REDIS_URL}",
     )
+    parser.add_argument(
+        "--redis-prefix",
+        dest="keyspace",
+        type=_keyspace,
+        default=os.environ.get("ROUTER_REDIS_PREFIX", ""),
+        help="the deployment's Redis key prefix; default: $ROUTER_REDIS_PREFIX, else none",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     groups = parser.add_subparsers(dest="group", required=True)
     commands = _Commands(common)
     _add_project_commands(commands, groups)
     _add_endpoint_commands(commands, groups)
     _add_key_commands(commands, groups)
+    commands.add(groups, "usage", _usage, "a project's tokens, and each key's").add_argument(
+        "project_id"
+    )
     _add_demo_command(commands, groups)
     return parser
 
@@ -215,6 +271,9 @@ def _add_key_commands(commands: _Commands, groups: Any) -> None:
     sub.add_argument("--name", default="", help="a label")
     sub.add_argument("--rpm", type=_positive_int, help="requests per minute")
     sub.add_argument("--tpm", type=_positive_int, help="tokens per minute")
+    sub.add_argument(
+        "--max-concurrent", type=_positive_int, help="requests in flight at once, all routers"
+    )
     sub.add_argument("--expires-in", type=_duration_s, help="e.g. 3600, 90m, 12h, 30d")
     commands.add(key, "list", _key_list, "list a project's keys").add_argument("project_id")
     commands.add(key, "revoke", _key_revoke, "revoke a key").add_argument("key_id")

@@ -16,6 +16,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from contract.errors import AuthenticationFailed
+from contract.keyspace import DEFAULT_KEYSPACE, Keyspace
 from contract.registry import now_ms
 from router.tenants import API_KEY_RE, MAX_KEY_CHARS, KeyRecord, KeyStatus, apikey_key, hash_key
 from router.ttlcache import TtlCache
@@ -55,9 +56,11 @@ def key_digest(token: str | None) -> str:
     return hash_key(token)
 
 
-async def load_key(redis: Redis[Any], digest: str) -> KeyRecord | None:
+async def load_key(
+    redis: Redis[Any], digest: str, *, keyspace: Keyspace = DEFAULT_KEYSPACE
+) -> KeyRecord | None:
     """The record stored under a digest, or None (unknown or undecodable)."""
-    raw = await redis.hgetall(apikey_key(digest))
+    raw = await redis.hgetall(apikey_key(keyspace, digest))
     if not raw:
         return None
     try:
@@ -77,11 +80,15 @@ def _usable(record: KeyRecord | None, at_ms: int) -> KeyRecord:
 
 
 async def authenticate(
-    redis: Redis[Any], token: str | None, *, at_ms: int | None = None
+    redis: Redis[Any],
+    token: str | None,
+    *,
+    at_ms: int | None = None,
+    keyspace: Keyspace = DEFAULT_KEYSPACE,
 ) -> KeyRecord:
     """The record of a usable key; AuthenticationFailed if missing, malformed, unknown,
     revoked or expired. Uncached: routers use KeyCache.authenticate."""
-    record = await load_key(redis, key_digest(token))
+    record = await load_key(redis, key_digest(token), keyspace=keyspace)
     return _usable(record, now_ms() if at_ms is None else at_ms)
 
 
@@ -100,14 +107,17 @@ class KeyCache:
         max_entries: int = DEFAULT_CACHE_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = now_ms,
+        keyspace: Keyspace = DEFAULT_KEYSPACE,
     ) -> None:
         if not 0 <= ttl_s <= MAX_CACHE_TTL_S:  # the bound is what makes a revocation prompt
             raise ValueError(f"cache ttl_s must be between 0 and {MAX_CACHE_TTL_S}, got {ttl_s}")
         self._redis = redis
         self._wall_ms = wall_ms
+        self._keyspace = keyspace
         self.cache: TtlCache[str, KeyRecord | None] = TtlCache(ttl_s, max_entries, clock)
 
     async def authenticate(self, token: str | None) -> KeyRecord:
         digest = key_digest(token)  # malformed keys never reach Redis nor the cache
-        record = await self.cache.get_or_load(digest, partial(load_key, self._redis, digest))
+        load = partial(load_key, self._redis, digest, keyspace=self._keyspace)
+        record = await self.cache.get_or_load(digest, load)
         return _usable(record, self._wall_ms())

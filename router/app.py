@@ -9,9 +9,10 @@ admission queue (which the view wakes) is unhooked last.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from redis.asyncio import Redis
 
 from router import handlers
@@ -29,6 +30,7 @@ from router.watcher import RegistryWatcher
 logger = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_S = 5.0
+METRICS_SHUTDOWN_S = 2.0  # a scrape is one quick GET; nothing to wait for
 PROJECT = "/{project:proj_[A-Za-z0-9]+}"
 ENDPOINT = "/{endpoint:[a-z0-9][a-z0-9-]{0,62}}"
 
@@ -42,6 +44,9 @@ def create_app(config: RouterConfig, *, policy: Policy | None = None) -> web.App
     app.cleanup_ctx.extend(
         [_metrics_ctx, _redis_ctx, _access_ctx, _admission_ctx, _worker_session_ctx, _watcher_ctx]
     )
+    if config.metrics_port is not None:
+        # Metrics name projects and endpoints: on their own listener, never on the public one.
+        app.cleanup_ctx.insert(1, _metrics_site_ctx)
 
     # Plain and DNS-based (the Host names the endpoint), then the seed's path-based forms.
     for prefix in ("", PROJECT, PROJECT + ENDPOINT):
@@ -51,7 +56,8 @@ def create_app(config: RouterConfig, *, policy: Policy | None = None) -> web.App
         app.router.add_get(prefix + "/v1/models", handlers.list_models)
         app.router.add_get(prefix + "/v1/models/{model:.+}", handlers.retrieve_model)
     app.router.add_get("/health", handlers.health)
-    app.router.add_get("/metrics", handlers.metrics)
+    if config.metrics_port is None:
+        app.router.add_get("/metrics", handlers.metrics)
     return app
 
 
@@ -59,6 +65,21 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     app[METRICS].watch_view(app[VIEW])
     yield
     app[METRICS].unwatch_view()
+
+
+async def _metrics_site_ctx(app: web.Application) -> AsyncIterator[None]:
+    """/metrics and /health on `metrics_port` (same host), up from first to nearly last."""
+    config = app[CONFIG]
+    site_app = web.Application()
+    site_app[METRICS] = app[METRICS]
+    site_app[VIEW] = app[VIEW]
+    site_app.router.add_get("/metrics", handlers.metrics)
+    site_app.router.add_get("/health", handlers.health)
+    runner = web.AppRunner(site_app, access_log=None, shutdown_timeout=METRICS_SHUTDOWN_S)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.metrics_port).start()
+    yield
+    await runner.cleanup()
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -76,7 +97,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[ACCESS] = Access(app[REDIS], app[CONFIG])
+    app[ACCESS] = Access(app[REDIS], app[CONFIG], app[METRICS])
     yield
 
 
@@ -91,7 +112,12 @@ async def _admission_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _worker_session_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    session = create_session(config.connect_timeout_s)
+    # Workers with a secret serve only requests that carry it (worker.auth).
+    secret = config.worker_secret(os.environ)
+    headers: dict[str, str] | None = None
+    if secret is not None:
+        headers = {hdrs.AUTHORIZATION: f"Bearer {secret}"}
+    session = create_session(config.connect_timeout_s, headers)
     app[RELAY] = Relay(session, app[ADMISSION], app[METRICS], config)
     yield
     await session.close()
@@ -105,6 +131,7 @@ async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
         app[METRICS],
         refresh_s=config.registry_refresh_s,
         read_timeout_s=REDIS_TIMEOUT_S,
+        keyspace=config.keyspace,
     )
     await watcher.start()
     yield

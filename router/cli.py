@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -38,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _redacted(config.redis_url),
         type(loop).__module__,
     )
+    if config.metrics_port is not None:
+        logger.info("metrics on %s:%s only", config.host, config.metrics_port)
     # Shutdown on SIGTERM/SIGINT, as run_app sequences it: stop accepting connections, let
     # in-flight requests finish for up to shutdown_timeout_s, cancel what remains, then run the
     # cleanup contexts in reverse (watcher, worker session, Redis client).
@@ -60,9 +63,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _redacted(url: str) -> str:
-    """The URL without its password, which must never reach a log."""
-    head, sep, tail = url.rpartition("@")
-    if not sep:
-        return url
-    scheme, _, _ = head.partition("://")
-    return f"{scheme}://***@{tail}"
+    """The URL with its password masked, in the userinfo and in a `?password=` query (redis-py
+    reads both), so it can reach a log. Whatever does not split stays hidden whole."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<redis URL hidden: it does not parse>"
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        # Without a colon the userinfo may be a bare password: hide it all.
+        netloc = f"{user}:***@{hostport}" if colon and user else f"***@{hostport}"
+    query = "&".join(
+        f"{name}=***" if "password" in name.lower() else field
+        for field in parts.query.split("&")
+        for name in (field.partition("=")[0],)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query if parts.query else ""))

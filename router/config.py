@@ -6,16 +6,18 @@ or ROUTER_PORT; the Redis URL also reads REDIS_URL. `parse_config` exits 2 on a 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from contract.keyspace import Keyspace, check_prefix
-from contract.options import LogLevel, Options, member, meta
+from contract.options import ConfigError, LogLevel, Options, member, meta
 from router.apikeys import DEFAULT_CACHE_TTL_S, MAX_CACHE_TTL_S
 from router.balancer import PolicyName
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+WORKER_SECRET_ENV = "XERO_WORKER_SECRET"  # workers read it too (worker.auth)
 POSITIVE_FIELDS = (
     "registry_refresh_s",
     "worker_stale_s",
@@ -25,7 +27,16 @@ POSITIVE_FIELDS = (
     "body_timeout_s",
     "queue_timeout_s",
     "breaker_open_s",
+    "max_stream_s",
 )
+
+
+def _secret_file(text: str) -> str:
+    path = os.path.abspath(os.path.expanduser(text))
+    if not os.path.isfile(path):
+        # Not quoted back: someone may have written the secret itself there.
+        raise ConfigError("no such file (it takes the path of a file holding the secret)")
+    return path
 
 
 def _domain(text: str) -> str:
@@ -41,6 +52,10 @@ class RouterConfig:
     )
     host: str = field(default="127.0.0.1", metadata=meta("address to listen on"))
     port: int = field(default=8080, metadata=meta("port to listen on"))
+    metrics_port: int | None = field(
+        default=None,
+        metadata=meta("serve /metrics only on this port (same host); auto: on --port"),
+    )
     registry_refresh_s: float = field(
         default=1.0, metadata=meta("period of the full registry re-read")
     )
@@ -83,6 +98,16 @@ class RouterConfig:
         default=300.0,
         metadata=meta("request sent to first byte back (non-stream: the answer), else 504"),
     )
+    max_stream_s: float = field(
+        default=3600.0, metadata=meta("longest a stream is relayed, then an SSE error ends it")
+    )
+    max_frame_bytes: int = field(
+        default=1024 * 1024, metadata=meta("largest upstream SSE frame, else the stream ends")
+    )
+    max_response_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata=meta("largest plain (non-stream) upstream answer, else 502"),
+    )
     body_timeout_s: float = field(
         default=30.0, metadata=meta("time to receive a client's request body, else 408")
     )
@@ -98,6 +123,21 @@ class RouterConfig:
     breaker_open_s: float = field(
         default=1.0, metadata=meta("first time a worker is put aside; doubles up to 30 s")
     )
+    reserve_max_tokens: int = field(
+        default=512,
+        metadata=meta(
+            "tokens reserved against a key's TPM per choice of a request without max_tokens "
+            "(the worker's default length)"
+        ),
+    )
+    worker_secret_file: str | None = field(
+        default=None,
+        metadata=meta(
+            f"file holding the secret sent to workers (else ${WORKER_SECRET_ENV}; neither: none)",
+            parse=_secret_file,
+            metavar="PATH",
+        ),
+    )
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.redis_url).scheme
@@ -109,6 +149,10 @@ class RouterConfig:
             raise ValueError("host must not be empty")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        if self.metrics_port is not None and not 0 < self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be between 1 and 65535, got {self.metrics_port}")
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError("metrics_port must differ from port")
         for name in POSITIVE_FIELDS:
             value = getattr(self, name)
             if not value > 0:  # also rejects NaN
@@ -120,6 +164,20 @@ class RouterConfig:
     @property
     def keyspace(self) -> Keyspace:
         return Keyspace(self.redis_prefix)
+
+    def worker_secret(self, environ: Mapping[str, str]) -> str | None:
+        """What every worker request carries as `Authorization: Bearer ...`: the secret
+        file's content, else $XERO_WORKER_SECRET, else None. Read once, at startup."""
+        if self.worker_secret_file is None:
+            secret = environ.get(WORKER_SECRET_ENV, "").strip()
+        else:
+            with open(self.worker_secret_file, encoding="utf-8") as f:
+                secret = f.read().strip()
+            if not secret:
+                raise ConfigError("the worker secret file is empty")
+        if not all("!" <= c <= "~" for c in secret):
+            raise ConfigError("the worker secret: expected printable ASCII without spaces")
+        return secret or None
 
     def _check_limits(self) -> None:
         if not self.shutdown_timeout_s >= 0:
@@ -139,6 +197,11 @@ class RouterConfig:
             raise ValueError(f"queue_max must be >= 0, got {self.queue_max}")
         if self.breaker_failures < 1:
             raise ValueError(f"breaker_failures must be >= 1, got {self.breaker_failures}")
+        if self.reserve_max_tokens < 1:
+            raise ValueError(f"reserve_max_tokens must be >= 1, got {self.reserve_max_tokens}")
+        for name in ("max_frame_bytes", "max_response_bytes"):
+            if getattr(self, name) < 1024:
+                raise ValueError(f"{name} must be >= 1024, got {getattr(self, name)}")
 
 
 OPTIONS = Options(

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from contract.errors import AuthenticationFailed
+from contract.keyspace import DEFAULT_KEYSPACE, Keyspace
 from router import tenant_admin
 from router.apikeys import authenticate
 from router.tenants import Endpoint, KeyRecord, Project, find_endpoint
@@ -37,17 +38,19 @@ class DemoSpec:
     env_file: Path | None = None  # where the key is kept and reused from
     router_url: str = DEFAULT_ROUTER_URL  # for the printed examples
     base_domain: str | None = None  # the router's --base-domain, for the DNS-based example
+    keyspace: Keyspace = DEFAULT_KEYSPACE  # the deployment's --redis-prefix
 
 
 async def provision(redis: Redis[Any], spec: DemoSpec) -> dict[str, Any]:
     """Make what is missing of the demo tenant; the result is what `admin demo --json` prints."""
-    project, project_created = await _project(redis, spec.project)
-    endpoint, endpoint_status = await _endpoint(redis, project, spec.endpoint, spec.models)
+    ks = spec.keyspace
+    project, project_created = await _project(redis, spec.project, ks)
+    endpoint, endpoint_status = await _endpoint(redis, project, spec, ks)
     key = await asyncio.to_thread(_saved_key, spec.env_file) if spec.env_file else None
-    record = await _reusable(redis, key, project) if key is not None else None
+    record = await _reusable(redis, key, project, ks) if key is not None else None
     key_created = record is None
     if record is None or key is None:
-        new = await tenant_admin.create_key(redis, project.project_id, name="demo")
+        new = await tenant_admin.create_key(redis, project.project_id, name="demo", keyspace=ks)
         key, record = new.key, new.record
 
     urls = _urls(spec.router_url, project.project_id, endpoint.name, spec.base_domain)
@@ -70,31 +73,36 @@ async def provision(redis: Redis[Any], spec: DemoSpec) -> dict[str, Any]:
     return result
 
 
-async def _project(redis: Redis[Any], name: str) -> tuple[Project, bool]:
+async def _project(redis: Redis[Any], name: str, ks: Keyspace) -> tuple[Project, bool]:
     """The first project with this name, or a new one; and whether it was created."""
-    projects = [p for p in await tenant_admin.list_projects(redis) if p.name == name.strip()]
+    listed = await tenant_admin.list_projects(redis, keyspace=ks)
+    projects = [p for p in listed if p.name == name.strip()]
     if projects:
         return projects[0], False
-    return await tenant_admin.create_project(redis, name), True
+    return await tenant_admin.create_project(redis, name, keyspace=ks), True
 
 
 async def _endpoint(
-    redis: Redis[Any], project: Project, name: str, models: tuple[str, ...]
+    redis: Redis[Any], project: Project, spec: DemoSpec, ks: Keyspace
 ) -> tuple[Endpoint, str]:
     """The endpoint serving every model, and "existing", "created" or "replaced"."""
-    endpoint = await find_endpoint(redis, project.project_id, name)
-    if endpoint is not None and all(endpoint.serves(m) for m in models):
+    pid, name = project.project_id, spec.endpoint
+    endpoint = await find_endpoint(redis, pid, name, keyspace=ks)
+    if endpoint is not None and all(endpoint.serves(m) for m in spec.models):
         return endpoint, "existing"
     status = "created" if endpoint is None else "replaced"  # re-pointed at a model
     if endpoint is not None:
-        await tenant_admin.delete_endpoint(redis, project.project_id, name)
-    return await tenant_admin.create_endpoint(redis, project.project_id, name, models), status
+        await tenant_admin.delete_endpoint(redis, pid, name, keyspace=ks)
+    created = await tenant_admin.create_endpoint(redis, pid, name, spec.models, keyspace=ks)
+    return created, status
 
 
-async def _reusable(redis: Redis[Any], key: str, project: Project) -> KeyRecord | None:
+async def _reusable(
+    redis: Redis[Any], key: str, project: Project, ks: Keyspace
+) -> KeyRecord | None:
     """The saved key's record while it still works for this project, else None."""
     try:
-        record = await authenticate(redis, key)
+        record = await authenticate(redis, key, keyspace=ks)
     except AuthenticationFailed:  # revoked, expired, deleted, or Redis was emptied
         return None
     return record if record.project_id == project.project_id else None

@@ -3,7 +3,8 @@ and metrics.
 
 Every relayed endpoint runs the same `dispatch` (auth, model check, admission, relay with
 failover, metering, metrics); an `Endpoint` says only how to parse its body, which worker URL
-to post it to and its metrics label.
+to post it to, its metrics label, and how many tokens a request may generate (what admission
+reserves against a key's TPM, router.access).
 """
 
 from __future__ import annotations
@@ -11,28 +12,29 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import orjson
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from contract.embeddings import parse_embeddings_request
+from contract.embeddings import EmbeddingsRequest, parse_embeddings_request
 from contract.errors import ApiError, ModelNotFound
 from contract.telemetry import status_class
-from contract.text import parse_text_request
-from contract.wire import model_object, parse_chat_request
+from contract.text import TextRequest, parse_text_request
+from contract.wire import ChatRequest, model_object, parse_chat_request
 from router.access import OPEN
 from router.appkeys import ACCESS, CONFIG, METRICS, RELAY, REQUEST_ID, VIEW
-from router.exchange import Exchange, TokenMeter
+from router.exchange import Exchange
 from router.intake import read_body
 from router.metrics import CANCELLED, OTHER_MODEL, Rejection, Route
 from router.middleware import JSON
 from router.upstream import Api
 
 NO_PROJECT: Final = "none"  # the project label of requests without a known project
+_NO_HEADERS: Final[Mapping[str, str]] = {}
 # Refusals before any worker is involved, by status; 502/504 are upstream errors, not these.
 _REJECTIONS: Final = {
     400: Rejection.INVALID_REQUEST,
@@ -56,19 +58,39 @@ class Routable(Protocol):
     def stream(self) -> bool: ...
 
 
+R = TypeVar("R", bound=Routable)
+
+
 @dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(Generic[R]):
     route: Route  # the `endpoint` metrics label
     api: Api  # the worker URL the body goes to, unchanged
-    parse: Callable[[bytes], Routable]  # validates the whole body, as the worker will
+    parse: Callable[[bytes], R]  # validates the whole body, as the worker will
+    # The most completion tokens a request may generate, all choices together, given the
+    # length of a choice that names none.
+    length_bound: Callable[[R, int], int]
 
 
-CHAT: Final = Endpoint(Route.CHAT_COMPLETIONS, Api.CHAT, parse_chat_request)
-COMPLETIONS: Final = Endpoint(Route.COMPLETIONS, Api.COMPLETIONS, parse_text_request)
-EMBEDDINGS: Final = Endpoint(Route.EMBEDDINGS, Api.EMBEDDINGS, parse_embeddings_request)
+def _chat_length(request: ChatRequest, default: int) -> int:
+    return (request.sampling.max_tokens or default) * request.n
 
 
-async def dispatch(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+def _text_length(request: TextRequest, default: int) -> int:
+    return request.sampling.max_tokens or default
+
+
+def _no_completion(request: EmbeddingsRequest, default: int) -> int:
+    return 0
+
+
+CHAT: Final = Endpoint(Route.CHAT_COMPLETIONS, Api.CHAT, parse_chat_request, _chat_length)
+COMPLETIONS: Final = Endpoint(Route.COMPLETIONS, Api.COMPLETIONS, parse_text_request, _text_length)
+EMBEDDINGS: Final = Endpoint(
+    Route.EMBEDDINGS, Api.EMBEDDINGS, parse_embeddings_request, _no_completion
+)
+
+
+async def dispatch(request: web.Request, endpoint: Endpoint[R]) -> web.StreamResponse:
     arrived = time.perf_counter()
     app = request.app
     metrics = app[METRICS]
@@ -90,24 +112,26 @@ async def dispatch(request: web.Request, endpoint: Endpoint) -> web.StreamRespon
         )
         if not view.candidates(model):
             raise view.no_worker(model)  # before the rate limit counts the request
-        decision = await access.admit(scope)
-        limited = scope.key is not None and scope.key.tpm is not None
-        meter = TokenMeter() if limited else None
+        ticket = None  # without a key (auth off): nothing metered, no Redis call
+        if scope.key is not None:
+            bound = endpoint.length_bound(parsed, config.reserve_max_tokens)
+            ticket = await access.admit(scope.key, len(body), bound)
         exchange = Exchange(
             body=body,
             request_id=request[REQUEST_ID],
             model=model,
             series=series,
             arrived=arrived,
-            rate_headers=decision.headers(),
-            meter=meter,
+            rate_headers=_NO_HEADERS if ticket is None else ticket.decision.headers(),
+            meter=None if ticket is None else ticket.meter,
             api=endpoint.api,
+            tenant=scope.project_id or "",
         )
         try:
             response = await app[RELAY].forward(request, exchange)
         finally:
-            if meter is not None:  # charged however the response ended, from its real usage
-                await asyncio.shield(access.charge(scope, meter.total_tokens))
+            if ticket is not None:  # settled once, however the request ended
+                await asyncio.shield(access.settle(ticket))
         status = response.status
         return response
     except ApiError as exc:

@@ -16,7 +16,11 @@ worker id from the registry, the rest are fixed sets):
                                                           less the admission queue wait
     router_queue_wait_seconds                             admission queue wait (0: admitted at once)
     router_queue_length{model}                            requests waiting for worker capacity
-    router_queue_rejections_total{reason}                 full, timeout (answered 503)
+    router_queue_rejections_total{reason}                 full, timeout (answered 503); full
+                                                          counts a waiter displaced by another
+                                                          tenant's newcomer (router.admission)
+    router_relay_limits_total{limit}                      relays cut by a bound: frame, body,
+                                                          duration (router.proxy)
     router_breaker_transitions_total{worker,state}        open, closed
     router_worker_in_flight{worker,model}                 this replica's open requests per worker
     router_upstream_errors_total{worker,kind}             connect, busy (503), status (other
@@ -28,6 +32,12 @@ worker id from the registry, the rest are fixed sets):
     router_registry_workers{model,state}                  workers in this replica's view
     router_registry_staleness_seconds                     since the last successful full read
     router_registry_errors_total{op}                      read, events, decode
+    router_tokens_total{project,kind}                     keyed requests' tokens as metered
+    router_key_tokens_total{key_id,kind}                  (router.access): prompt, completion
+    router_settle_errors_total                            usage that Redis did not take
+    router_registry_invalid_records_total{source}         records (read) and events (events)
+                                                          skipped as invalid; a full read counts
+                                                          each bad record it meets again
 
 Relayed requests are chat completions, text completions and embeddings (the `endpoint` label of
 router_requests_total tells them apart; an embedding model has its own `model` label, so the
@@ -109,6 +119,14 @@ class QueueRejection(enum.StrEnum):
     TIMEOUT = "timeout"
 
 
+class RelayLimit(enum.StrEnum):
+    """The bound that cut a relay (the `limit` label of router_relay_limits_total)."""
+
+    FRAME = "frame"  # an upstream SSE frame past max_frame_bytes
+    BODY = "body"  # a plain upstream answer past max_response_bytes
+    DURATION = "duration"  # a stream still going after max_stream_s
+
+
 class RegistryOp(enum.StrEnum):
     """The `op` label of router_registry_errors_total."""
 
@@ -158,6 +176,30 @@ class RequestSeries:
     def finish(self, status: int, duration_s: float) -> None:
         self._by_status[status // 100 if status else CANCELLED].inc()
         self.duration.observe(duration_s)
+
+
+class TokenKind(enum.StrEnum):
+    """The `kind` label of the token counters."""
+
+    PROMPT = "prompt"
+    COMPLETION = "completion"
+
+
+class TokenCounters:
+    """The series one key's usage adds to (its project's and its own), pre-bound."""
+
+    __slots__ = ("_counters",)
+
+    def __init__(self, metrics: RouterMetrics, project_id: str, key_id: str) -> None:
+        self._counters = tuple(
+            (family.labels(label, TokenKind.PROMPT), family.labels(label, TokenKind.COMPLETION))
+            for family, label in ((metrics.tokens, project_id), (metrics.key_tokens, key_id))
+        )
+
+    def add(self, prompt_tokens: int, completion_tokens: int) -> None:
+        for prompt, completion in self._counters:
+            prompt.inc(prompt_tokens)
+            completion.inc(completion_tokens)
 
 
 class RouterMetrics:
@@ -221,6 +263,12 @@ class RouterMetrics:
             ["reason"],
             registry=r,
         )
+        self.relay_limits = Counter(
+            "router_relay_limits",
+            "Relays cut by a bound: an upstream frame or plain answer too big, a stream too long.",
+            ["limit"],
+            registry=r,
+        )
         self.breaker_transitions = Counter(
             "router_breaker_transitions",
             "Circuit breaker changes per worker: open (put aside), closed (taken back).",
@@ -257,6 +305,30 @@ class RouterMetrics:
             ["op"],
             registry=r,
         )
+        self.registry_invalid_records = Counter(
+            "router_registry_invalid_records",
+            "Registry records (read) and events (events) skipped as invalid.",
+            ["source"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "router_tokens",
+            "Tokens of keyed requests by project and kind (prompt, completion), as metered.",
+            ["project", "kind"],
+            registry=r,
+        )
+        self.key_tokens = Counter(
+            "router_key_tokens",
+            "Tokens of keyed requests by key id and kind (prompt, completion), as metered.",
+            ["key_id", "kind"],
+            registry=r,
+        )
+        self.settle_errors = Counter(
+            "router_settle_errors",
+            "Request ends whose usage could not be settled in Redis (charge, counters, slot).",
+            registry=r,
+        )
+        self._token_counters: dict[tuple[str, str], TokenCounters] = {}
         self._series: dict[tuple[Route, str, bool], RequestSeries] = {}
         self._view_collector: _ViewCollector | None = None
 
@@ -267,6 +339,14 @@ class RouterMetrics:
         if series is None:
             series = self._series[key] = RequestSeries(self, route, model, stream)
         return series
+
+    def token_counters(self, project_id: str, key_id: str) -> TokenCounters:
+        """The token counters of one key (ids from its Redis record, never from input)."""
+        key = (project_id, key_id)
+        counters = self._token_counters.get(key)
+        if counters is None:
+            counters = self._token_counters[key] = TokenCounters(self, project_id, key_id)
+        return counters
 
     def chat_series(self, model: str, stream: bool) -> RequestSeries:
         return self.series(Route.CHAT_COMPLETIONS, model, stream)

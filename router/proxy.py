@@ -5,18 +5,30 @@ One request, in phases, each with its own bound and its own way to fail cleanly:
     queued        router.admission: no worker has room; bounded wait, else 503 + Retry-After
     connecting    refused, reset, or no connection within connect_timeout_s: try another worker
     first byte    request sent, waiting for the answer (a stream: its first chunk; otherwise the
-                  whole body): a 5xx, or the connection breaking, sends the request to another
-                  worker (503 = full or draining; any other 5xx also counts against the worker's
-                  breaker); no first byte within first_token_timeout_s is 504, not retried
-                  (the worker may be generating)
+                  whole body, at most max_response_bytes, else 502): a 5xx, or the connection
+                  breaking, sends the request to another worker (503 = full or draining; any
+                  other 5xx also counts against the worker's breaker); no first byte within
+                  first_token_timeout_s is 504, not retried (the worker may be generating)
     streaming     chunks relayed as they arrive, cut at the last complete SSE frame ("\\n\\n");
-                  a worker silent for read_timeout_s or failing ends the stream with one SSE error
-                  event and `data: [DONE]`, never retried; a client that stops reading for
-                  read_timeout_s is cut off
+                  a worker silent for read_timeout_s, failing, or holding a frame open past
+                  max_frame_bytes, or a stream still going after max_stream_s, ends with one
+                  SSE error event and `data: [DONE]`, never retried; a client that stops
+                  reading for read_timeout_s is cut off
 
 At most `max_attempts` distinct workers are tried. Nothing reaches the client before the first
 upstream chunk, so every failure before it is a clean OpenAI error, and every failure after it
-an SSE error event.
+an SSE error event. The bounds on a frame, a plain body and a stream's duration (each cut counted
+in router_relay_limits_total) keep no worker or request holding memory or a connection for ever.
+
+Slow is not dead. A worker's breaker counts what shows it cannot serve: no connection, a 5xx
+other than 503, a connection broken before or during its answer, silence for read_timeout_s
+mid-stream, a frame past max_frame_bytes (not SSE). Time alone does not count once the worker
+has the request: no first byte within first_token_timeout_s (a long plain answer, a long
+prefill, a turn in the worker's own queue) is a 504 counted in upstream_errors{kind="timeout"},
+and a stream past max_stream_s is cut, but the worker is neither put aside nor tried last. One
+that takes connections and never answers stops heartbeating (a stuck process) or reports itself
+unhealthy (a dead engine), so the registry drops it. A plain answer too big to relay is the
+request's doing, not the worker's.
 
 A client that hangs up cancels the handler, in any phase: a queued request leaves the queue, an
 open upstream response is closed (not released to the pool), which drops the worker connection
@@ -26,9 +38,9 @@ and makes the worker stop generating.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Mapping
 from typing import Final
 
 import orjson
@@ -48,15 +60,15 @@ from contract.errors import ServiceUnavailable, UpstreamFailed, UpstreamTimeout
 from contract.sse import (
     EVENT_STREAM,
     FRAME_END,
+    PROMPT_TOKENS_HEADER,
     USAGE_TRAILER_PREFIX,
     error_event,
-    trailer_total_tokens,
 )
 from contract.sse import HEADERS as SSE_HEADERS
 from router.admission import Admission, Grant
 from router.config import RouterConfig
 from router.exchange import REQUEST_ID_HEADER, Exchange, TokenMeter
-from router.metrics import CancelPhase, RouterMetrics, UpstreamError
+from router.metrics import CancelPhase, RelayLimit, RouterMetrics, UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +91,14 @@ _DROPPED_HEADERS: Final = frozenset(
     }
 )
 BUSY_RETRY_AFTER_S: Final = 1.0
+_TRAILER_AT: Final = FRAME_END + USAGE_TRAILER_PREFIX  # a usage trailer after another frame
 
 
-def create_session(connect_timeout_s: float) -> ClientSession:
-    """The one keep-alive session every relay shares; read timeouts are the relay's own."""
+def create_session(
+    connect_timeout_s: float, headers: Mapping[str, str] | None = None
+) -> ClientSession:
+    """The one keep-alive session every relay shares; read timeouts are the relay's own.
+    `headers` go on every worker request (the worker secret: worker.auth)."""
     connector = TCPConnector(
         limit=0,  # concurrency is bounded by admission (router.admission), not by a client pool
         keepalive_timeout=10.0,  # shorter than any server's, so we close idle sockets first
@@ -97,28 +113,37 @@ def create_session(connect_timeout_s: float) -> ClientSession:
         skip_auto_headers=(hdrs.USER_AGENT, hdrs.ACCEPT_ENCODING),
         auto_decompress=False,
         trust_env=False,
+        headers=headers,
     )
 
 
 def _take_usage(frames: bytes, meter: TokenMeter) -> bytes:
-    """Strip the worker's usage trailer (contract.sse) from whole frames, noting its total."""
-    start = frames.find(FRAME_END + USAGE_TRAILER_PREFIX)
+    """Count whole frames as completion tokens until the worker's usage trailer (contract.sse)
+    gives the exact usage; strip the trailer. Frames hold no raw "\\n\\n" but at their end."""
+    if meter.exact:
+        return frames
+    start = frames.find(_TRAILER_AT)
     if start >= 0:
         start += len(FRAME_END)
     elif frames.startswith(USAGE_TRAILER_PREFIX):
         start = 0
     else:
+        meter.completion_tokens += frames.count(FRAME_END)
         return frames
     end = frames.find(FRAME_END, start) + len(FRAME_END)
-    total = trailer_total_tokens(frames[start:end])
-    if total is not None:
-        meter.total_tokens = total
+    meter.completion_tokens += frames.count(FRAME_END, 0, start)
+    meter.take_trailer(frames[start:end])
     return frames[:start] + frames[end:]
 
 
-def _body_usage(body: bytes, meter: TokenMeter) -> None:
-    with contextlib.suppress(ValueError, KeyError, TypeError):
-        meter.total_tokens = int(orjson.loads(body)["usage"]["total_tokens"])
+def _body_usage(body: bytes, meter: TokenMeter, prompt_tokens: str | None) -> None:
+    """A plain answer's `usage`; without one, the prompt as for a stream (TokenMeter)."""
+    try:
+        usage = orjson.loads(body)["usage"]
+    except (ValueError, KeyError, TypeError):
+        usage = None
+    if not meter.take_usage(usage):
+        meter.answered(prompt_tokens)
 
 
 class Relay:
@@ -139,6 +164,9 @@ class Relay:
         self._first_token_s = config.first_token_timeout_s
         self._gap_s = config.read_timeout_s
         self._queue_timeout_s = config.queue_timeout_s
+        self._max_stream_s = config.max_stream_s
+        self._max_frame = config.max_frame_bytes
+        self._max_body = config.max_response_bytes
 
     async def forward(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         """The worker's answer to `exchange`, from the first worker with room that gives one."""
@@ -147,7 +175,7 @@ class Relay:
         busy = False
         for _ in range(self._max_attempts):
             queued_at = time.perf_counter()
-            grant = await self._admission.acquire(exchange.model, tried, deadline)
+            grant = await self._admission.acquire(exchange.model, exchange.tenant, tried, deadline)
             if grant is None:
                 break  # every worker of the model has been tried
             if tried:
@@ -191,13 +219,13 @@ class Relay:
                 if response.status >= 500:
                     return self._status(grant, response)
                 stream = response.content_type == EVENT_STREAM
-                first = await (response.content.readany() if stream else response.read())
+                first = await (response.content.readany() if stream else self._body(response))
             if stream and not first:
                 raise ClientPayloadError("the stream ended before its first byte")
         except TimeoutError:
             if response is not None:
                 response.close()
-            self._admission.refused(grant, UpstreamError.TIMEOUT)
+            self._admission.slow(grant)  # it has the request: slow, not dead (see above)
             logger.warning("worker %s sent nothing in %ss", worker, self._first_token_s)
             raise UpstreamTimeout("The worker did not answer in time.") from None
         except (ClientPayloadError, ClientConnectionError) as exc:
@@ -222,6 +250,32 @@ class Relay:
             response.close()
             raise
 
+    def _body(self, response: ClientResponse) -> Awaitable[bytes]:
+        """A plain answer, read whole, but no more than max_response_bytes of it."""
+        length = response.content_length
+        if length is not None and length <= self._max_body:
+            return response.read()  # the parser stops at Content-Length
+        return self._bounded_body(response)
+
+    async def _bounded_body(self, response: ClientResponse) -> bytes:
+        """A plain answer of unknown or excessive length: read up to max_response_bytes, else
+        not relayed (502)."""
+        limit = self._max_body
+        if response.content_length is None:
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := await response.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    break
+                chunks.append(chunk)
+            else:
+                return b"".join(chunks)
+        response.close()
+        self._metrics.relay_limits.labels(RelayLimit.BODY).inc()
+        logger.warning("a plain answer over %d bytes was not relayed", limit)
+        raise UpstreamFailed(f"The worker's answer is larger than the {limit} bytes relayed.")
+
     def _refused(self, grant: Grant, kind: UpstreamError) -> UpstreamError:
         self._admission.refused(grant, kind)
         return kind
@@ -243,6 +297,8 @@ class Relay:
         response: ClientResponse,
         first: bytes,
     ) -> web.StreamResponse:
+        if exchange.meter is not None:  # charged from here on, however the stream ends
+            exchange.meter.answered(response.headers.get(PROMPT_TOKENS_HEADER))
         out = web.StreamResponse(
             status=response.status,
             headers={
@@ -294,9 +350,10 @@ class Relay:
         first: bytes,
     ) -> bytes | None:
         """Relay whole frames as they arrive; what is left to write, or None if the client
-        stopped reading. Every wait, on the worker or on the client, is bounded by the gap."""
+        stopped reading. Each wait is bounded by the gap, all of them by max_stream_s."""
         loop = asyncio.get_running_loop()
         gap_s = self._gap_s
+        ends_at = loop.time() + self._max_stream_s  # the gap timer is never set past it
         gap = exchange.series.chunk_gap
         meter = exchange.meter
         pending = b""
@@ -309,6 +366,8 @@ class Relay:
                     data = pending + chunk if pending else chunk
                     end = data.rfind(FRAME_END) + 2
                     if end == 1:  # no frame boundary yet
+                        if len(data) > self._max_frame:
+                            return self._cut(grant, RelayLimit.FRAME)
                         pending = data
                     else:
                         # The common case is whole frames only: no copy.
@@ -320,28 +379,49 @@ class Relay:
                         writing = True
                         await out.write(frames)
                         writing = False
-                    timer.reschedule(loop.time() + gap_s)
+                    at = loop.time() + gap_s
+                    timer.reschedule(at if at < ends_at else ends_at)
                     chunk = await response.content.readany()
                     if not chunk:
                         return pending  # a clean end: relay the worker's last bytes as they are
                     now = time.perf_counter()
                     gap.observe(now - last)
                     last = now
-                    timer.reschedule(loop.time() + gap_s)
+                    at = loop.time() + gap_s
+                    timer.reschedule(at if at < ends_at else ends_at)
         except TimeoutError:
+            if loop.time() >= ends_at:
+                return self._cut(grant, RelayLimit.DURATION)
             if writing:
                 return None
-            self._admission.failed(grant, UpstreamError.TIMEOUT)
-            logger.warning("worker %s went silent mid-stream", grant.upstream.worker_id)
-            return error_event(UpstreamTimeout("The worker stopped sending in time."))
+            return self._failed_mid_stream(grant, UpstreamError.TIMEOUT)
         except ConnectionResetError:
             raise  # the client's side, handled by the caller
         except (ClientPayloadError, ClientConnectionError):
             if writing:
                 raise ConnectionResetError from None
+            return self._failed_mid_stream(grant, UpstreamError.BROKEN)
+
+    def _failed_mid_stream(self, grant: Grant, kind: UpstreamError) -> bytes:
+        """The worker went silent (TIMEOUT) or broke (BROKEN) mid-stream: counted against it."""
+        self._admission.failed(grant, kind)
+        if kind is UpstreamError.TIMEOUT:
+            logger.warning("worker %s went silent mid-stream", grant.upstream.worker_id)
+            return error_event(UpstreamTimeout("The worker stopped sending in time."))
+        logger.warning("worker %s failed mid-stream", grant.upstream.worker_id)
+        return error_event(UpstreamFailed("The worker failed mid-stream."))
+
+    def _cut(self, grant: Grant, limit: RelayLimit) -> bytes:
+        """A stream past a bound: a frame that never ends (the worker's fault, not SSE), or the
+        stream's duration (nobody's: see above)."""
+        self._metrics.relay_limits.labels(limit).inc()
+        worker = grant.upstream.worker_id
+        if limit is RelayLimit.FRAME:
             self._admission.failed(grant, UpstreamError.BROKEN)
-            logger.warning("worker %s failed mid-stream", grant.upstream.worker_id)
-            return error_event(UpstreamFailed("The worker failed mid-stream."))
+            logger.warning("worker %s sent a frame over %d bytes", worker, self._max_frame)
+            return error_event(UpstreamFailed("The worker sent an event too large to relay."))
+        logger.warning("a stream from worker %s ran past %gs", worker, self._max_stream_s)
+        return error_event(UpstreamTimeout(f"The stream ran past {self._max_stream_s:g} s."))
 
 
 def _plain(response: ClientResponse, body: bytes, exchange: Exchange) -> web.Response:
@@ -351,5 +431,5 @@ def _plain(response: ClientResponse, body: bytes, exchange: Exchange) -> web.Res
     headers.update(exchange.rate_headers)
     meter = exchange.meter
     if meter is not None and response.status == 200:
-        _body_usage(body, meter)
+        _body_usage(body, meter, response.headers.get(PROMPT_TOKENS_HEADER))
     return web.Response(body=body, status=response.status, headers=headers)

@@ -1,7 +1,8 @@
 """What the admin tools do to tenancy: create, list and delete projects, endpoints and keys.
 
 Routers never call these (they only read, see router.tenants); `python -m router admin` does.
-Names and records are those of router.tenants.
+Names and records are those of router.tenants; every function takes the deployment's keyspace
+(`--redis-prefix`), the empty prefix by default.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from contract.errors import NotFound
+from contract.keyspace import DEFAULT_KEYSPACE, Keyspace
 from contract.registry import now_ms
 from router.tenants import (
     ENDPOINT_RE,
-    PROJECTS_KEY,
     SLUG_RE,
     Endpoint,
     KeyRecord,
@@ -29,15 +30,21 @@ from router.tenants import (
     get_project,
     hash_key,
     key_prefix,
+    key_usage_key,
     project_endpoints_key,
     project_keys_key,
-    ratelimit_key,
+    project_usage_key,
+    projects_key,
+    router_state_keys,
     slugify,
     text,
 )
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+KS = DEFAULT_KEYSPACE
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "requests")
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +65,16 @@ def _positive(name: str, value: int | None) -> None:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
-async def _key_ids(redis: Redis[Any], project_id: str) -> list[str]:
-    return sorted(text(k) for k in await redis.smembers(project_keys_key(project_id)))
+async def _key_ids(redis: Redis[Any], project_id: str, keyspace: Keyspace) -> list[str]:
+    return sorted(text(k) for k in await redis.smembers(project_keys_key(keyspace, project_id)))
 
 
 # --- projects --------------------------------------------------------------------------------
 
 
-async def create_project(redis: Redis[Any], name: str, *, slug: str | None = None) -> Project:
+async def create_project(
+    redis: Redis[Any], name: str, *, slug: str | None = None, keyspace: Keyspace = KS
+) -> Project:
     name = name.strip()
     if not 0 < len(name) <= 200:
         raise ValueError("project name must be 1 to 200 characters")
@@ -76,62 +85,74 @@ async def create_project(redis: Redis[Any], name: str, *, slug: str | None = Non
     for _ in range(5):  # 36**10 ids: a collision is all but impossible, but never overwrite
         project_id = "proj_" + "".join(secrets.choice(alphabet) for _ in range(10))
         project = Project(project_id, name, slug, now_ms())
-        if await redis.hsetnx(PROJECTS_KEY, project_id, project.encode()):
+        if await redis.hsetnx(projects_key(keyspace), project_id, project.encode()):
             logger.info("created project %s", project_id)
             return project
     raise RuntimeError("could not allocate a project id")
 
 
-async def list_projects(redis: Redis[Any]) -> list[Project]:
-    raw = await redis.hgetall(PROJECTS_KEY)
+async def list_projects(redis: Redis[Any], *, keyspace: Keyspace = KS) -> list[Project]:
+    raw = await redis.hgetall(projects_key(keyspace))
     return sorted((Project.decode(v) for v in raw.values()), key=lambda p: p.created_ms)
 
 
-async def delete_project(redis: Redis[Any], project_id: str) -> None:
-    """Delete a project with its endpoints and keys (its keys stop working at once)."""
-    project = await get_project(redis, project_id)
-    key_ids = await _key_ids(redis, project.project_id)
-    digests = await redis.mget([apikey_id_key(k) for k in key_ids]) if key_ids else []
+async def delete_project(redis: Redis[Any], project_id: str, *, keyspace: Keyspace = KS) -> None:
+    """Delete a project with its endpoints, keys and usage (its keys stop working at once)."""
+    ks = keyspace
+    pid = (await get_project(redis, project_id, keyspace=ks)).project_id
+    key_ids = await _key_ids(redis, pid, ks)
+    digests = await redis.mget([apikey_id_key(ks, k) for k in key_ids]) if key_ids else []
     pipe = redis.pipeline(transaction=True)
-    pipe.hdel(PROJECTS_KEY, project.project_id)
-    pipe.delete(project_endpoints_key(project.project_id), project_keys_key(project.project_id))
+    pipe.hdel(projects_key(ks), pid)
+    pipe.delete(
+        project_endpoints_key(ks, pid), project_keys_key(ks, pid), project_usage_key(ks, pid)
+    )
     for key_id, digest in zip(key_ids, digests, strict=True):
-        pipe.delete(apikey_id_key(key_id), ratelimit_key(key_id))
+        pipe.delete(apikey_id_key(ks, key_id), *router_state_keys(ks, key_id))
         if digest is not None:
-            pipe.delete(apikey_key(text(digest)))
+            pipe.delete(apikey_key(ks, text(digest)))
     await pipe.execute()
-    logger.info("deleted project %s and %d keys", project.project_id, len(key_ids))
+    logger.info("deleted project %s and %d keys", pid, len(key_ids))
 
 
 # --- endpoints -------------------------------------------------------------------------------
 
 
 async def create_endpoint(
-    redis: Redis[Any], project_id: str, name: str, models: Iterable[str]
+    redis: Redis[Any],
+    project_id: str,
+    name: str,
+    models: Iterable[str],
+    *,
+    keyspace: Keyspace = KS,
 ) -> Endpoint:
-    project = await get_project(redis, project_id)
+    project = await get_project(redis, project_id, keyspace=keyspace)
     if not ENDPOINT_RE.fullmatch(name):
         raise ValueError("endpoint name must be a DNS label: 1 to 63 of a-z, 0-9 and '-'")
     served = tuple(dict.fromkeys(m.strip() for m in models))  # ordered, without duplicates
     if not served or any(not 0 < len(m) <= 256 for m in served):
         raise ValueError("an endpoint needs one or more model ids of 1 to 256 characters")
     endpoint = Endpoint(project.project_id, name, served, now_ms())
-    key = project_endpoints_key(project.project_id)
+    key = project_endpoints_key(keyspace, project.project_id)
     if not await redis.hsetnx(key, name, endpoint.encode()):
         raise AlreadyExists(f"endpoint `{name}` already exists in {project.project_id}")
     return endpoint
 
 
-async def get_endpoint(redis: Redis[Any], project_id: str, name: str) -> Endpoint:
-    endpoint = await find_endpoint(redis, project_id, name)
+async def get_endpoint(
+    redis: Redis[Any], project_id: str, name: str, *, keyspace: Keyspace = KS
+) -> Endpoint:
+    endpoint = await find_endpoint(redis, project_id, name, keyspace=keyspace)
     if endpoint is None:
         raise NotFound(f"Endpoint `{name}` not found.")
     return endpoint
 
 
-async def delete_endpoint(redis: Redis[Any], project_id: str, name: str) -> None:
-    project = await get_project(redis, project_id)
-    if not await redis.hdel(project_endpoints_key(project.project_id), name):
+async def delete_endpoint(
+    redis: Redis[Any], project_id: str, name: str, *, keyspace: Keyspace = KS
+) -> None:
+    project = await get_project(redis, project_id, keyspace=keyspace)
+    if not await redis.hdel(project_endpoints_key(keyspace, project.project_id), name):
         raise NotFound(f"Endpoint `{name}` not found.")
 
 
@@ -145,15 +166,18 @@ async def create_key(
     name: str = "",
     rpm: int | None = None,
     tpm: int | None = None,
+    max_concurrent: int | None = None,
     expires_ms: int | None = None,
+    keyspace: Keyspace = KS,
 ) -> NewKey:
     """Mint a key; the returned NewKey.key is the only time the clear key exists."""
     _positive("rpm", rpm)
     _positive("tpm", tpm)
+    _positive("max_concurrent", max_concurrent)
     created = now_ms()
     if expires_ms is not None and expires_ms <= created:
         raise ValueError("expiry must be in the future")
-    project = await get_project(redis, project_id)
+    project = await get_project(redis, project_id, keyspace=keyspace)
     key = generate_key(project.slug)
     digest = hash_key(key)
     record = KeyRecord(
@@ -165,60 +189,93 @@ async def create_key(
         expires_ms=expires_ms,
         rpm=rpm,
         tpm=tpm,
+        max_concurrent=max_concurrent,
     )
+    ks = keyspace
     pipe = redis.pipeline(transaction=True)
-    pipe.hset(apikey_key(digest), mapping=record.to_hash(digest))  # type: ignore[arg-type]
-    pipe.set(apikey_id_key(record.key_id), digest)
-    pipe.sadd(project_keys_key(project.project_id), record.key_id)
+    pipe.hset(apikey_key(ks, digest), mapping=record.to_hash(digest))  # type: ignore[arg-type]
+    pipe.set(apikey_id_key(ks, record.key_id), digest)
+    pipe.sadd(project_keys_key(ks, project.project_id), record.key_id)
     await pipe.execute()
     logger.info("created key %s for project %s", record.key_id, project.project_id)
     return NewKey(key, record)
 
 
-async def list_keys(redis: Redis[Any], project_id: str) -> list[KeyRecord]:
-    project = await get_project(redis, project_id)
-    key_ids = await _key_ids(redis, project.project_id)
+async def list_keys(
+    redis: Redis[Any], project_id: str, *, keyspace: Keyspace = KS
+) -> list[KeyRecord]:
+    project = await get_project(redis, project_id, keyspace=keyspace)
+    key_ids = await _key_ids(redis, project.project_id, keyspace)
     if not key_ids:
         return []
-    digests = await redis.mget([apikey_id_key(k) for k in key_ids])
+    digests = await redis.mget([apikey_id_key(keyspace, k) for k in key_ids])
     pipe = redis.pipeline(transaction=False)
     for digest in digests:
         if digest is not None:
-            pipe.hgetall(apikey_key(text(digest)))
+            pipe.hgetall(apikey_key(keyspace, text(digest)))
     records = [KeyRecord.from_hash(raw)[0] for raw in await pipe.execute() if raw]
     return sorted(records, key=lambda r: (r.created_ms, r.key_id))
 
 
-async def _digest_of(redis: Redis[Any], key_id: str) -> str:
-    digest = await redis.get(apikey_id_key(key_id))
+async def _digest_of(redis: Redis[Any], key_id: str, keyspace: Keyspace) -> str:
+    digest = await redis.get(apikey_id_key(keyspace, key_id))
     if digest is None:
         raise NotFound(f"Key `{key_id}` not found.")
     return text(digest)
 
 
-async def get_key(redis: Redis[Any], key_id: str) -> KeyRecord:
-    raw = await redis.hgetall(apikey_key(await _digest_of(redis, key_id)))
+async def get_key(redis: Redis[Any], key_id: str, *, keyspace: Keyspace = KS) -> KeyRecord:
+    raw = await redis.hgetall(apikey_key(keyspace, await _digest_of(redis, key_id, keyspace)))
     if not raw:
         raise NotFound(f"Key `{key_id}` not found.")
     return KeyRecord.from_hash(raw)[0]
 
 
-async def revoke_key(redis: Redis[Any], key_id: str) -> KeyRecord:
+async def revoke_key(redis: Redis[Any], key_id: str, *, keyspace: Keyspace = KS) -> KeyRecord:
     """Mark a key revoked (idempotent); routers drop it within their cache TTL."""
-    digest = await _digest_of(redis, key_id)
+    digest = await _digest_of(redis, key_id, keyspace)
     revoke = redis.register_script(_REVOKE_LUA)
-    if not await revoke(keys=[apikey_key(digest)], args=[now_ms()]):
+    if not await revoke(keys=[apikey_key(keyspace, digest)], args=[now_ms()]):
         raise NotFound(f"Key `{key_id}` not found.")
     logger.info("revoked key %s", key_id)
-    return await get_key(redis, key_id)
+    return await get_key(redis, key_id, keyspace=keyspace)
 
 
-async def delete_key(redis: Redis[Any], key_id: str) -> None:
-    digest = await _digest_of(redis, key_id)
-    project_id = await redis.hget(apikey_key(digest), "project_id")
+async def delete_key(redis: Redis[Any], key_id: str, *, keyspace: Keyspace = KS) -> None:
+    """Delete a key and what routers keep about it; its tokens stay in the project's usage."""
+    ks = keyspace
+    digest = await _digest_of(redis, key_id, ks)
+    project_id = await redis.hget(apikey_key(ks, digest), "project_id")
     pipe = redis.pipeline(transaction=True)
-    pipe.delete(apikey_key(digest), apikey_id_key(key_id), ratelimit_key(key_id))
+    pipe.delete(apikey_key(ks, digest), apikey_id_key(ks, key_id), *router_state_keys(ks, key_id))
     if project_id is not None:
-        pipe.srem(project_keys_key(text(project_id)), key_id)
+        pipe.srem(project_keys_key(ks, text(project_id)), key_id)
     await pipe.execute()
     logger.info("deleted key %s", key_id)
+
+
+# --- usage -----------------------------------------------------------------------------------
+
+
+def _counts(raw: dict[Any, Any]) -> dict[str, int]:
+    values = {text(k): int(v) for k, v in raw.items()}
+    return {name: values.get(name, 0) for name in USAGE_FIELDS}
+
+
+async def usage(redis: Redis[Any], project_id: str, *, keyspace: Keyspace = KS) -> dict[str, Any]:
+    """The tokens routers counted (router.ratelimit's settle): the project's, then each key's."""
+    project = await get_project(redis, project_id, keyspace=keyspace)
+    key_ids = await _key_ids(redis, project.project_id, keyspace)
+    pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(project_usage_key(keyspace, project.project_id))
+    for key_id in key_ids:
+        pipe.hgetall(key_usage_key(keyspace, key_id))
+    project_raw, *keys_raw = await pipe.execute()
+    return {
+        "project_id": project.project_id,
+        **_counts(project_raw),
+        "keys": [
+            {"key_id": key_id, **_counts(raw)}
+            for key_id, raw in zip(key_ids, keys_raw, strict=True)
+        ],
+    }

@@ -9,6 +9,12 @@ Layout (every name is built by a function below, nowhere else):
                                         authenticating is one HGETALL
     apikey_id:{key_id}            string  the digest of that key (for revoke/delete by id)
     ratelimit:{key_id}            hash  the rate limiter's state (see router.ratelimit)
+    concurrency:{key_id}          zset  the key's requests in flight, scored by lease deadline
+    usage:key:{key_id}            hash  tokens used by the key: prompt_tokens, completion_tokens,
+    usage:project:{pid}           hash  requests; the same for the whole project
+
+Every name sits under the deployment's `contract.keyspace.Keyspace` prefix (`--redis-prefix`):
+the functions below take it first.
 
 A key is `xero_<project slug>_<43 url-safe chars>`; only its SHA-256 is stored. A plain hash is
 enough (no salt, no slow KDF) because the secret carries 256 random bits: nothing to brute-force.
@@ -31,13 +37,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from contract.errors import NotFound
+from contract.keyspace import DEFAULT_KEYSPACE, Keyspace
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 R = TypeVar("R")
 
-PROJECTS_KEY = "projects"
 KEY_PREFIX = "xero_"
 SECRET_BYTES = 32  # token_urlsafe(32) -> 43 chars, 256 bits
 SHOWN_SECRET_CHARS = 8  # of the secret, in the listed prefix
@@ -52,24 +58,49 @@ SLUG_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
 API_KEY_RE = re.compile(r"xero_[a-z0-9-]{1,32}_[A-Za-z0-9_-]{32,200}")
 
 
-def project_endpoints_key(project_id: str) -> str:
-    return f"project:{project_id}:endpoints"
+def projects_key(keyspace: Keyspace) -> str:
+    return keyspace.key("projects")
 
 
-def project_keys_key(project_id: str) -> str:
-    return f"project:{project_id}:keys"
+def project_endpoints_key(keyspace: Keyspace, project_id: str) -> str:
+    return keyspace.key(f"project:{project_id}:endpoints")
 
 
-def apikey_key(digest: str) -> str:
-    return f"apikey:{digest}"
+def project_keys_key(keyspace: Keyspace, project_id: str) -> str:
+    return keyspace.key(f"project:{project_id}:keys")
 
 
-def apikey_id_key(key_id: str) -> str:
-    return f"apikey_id:{key_id}"
+def apikey_key(keyspace: Keyspace, digest: str) -> str:
+    return keyspace.key(f"apikey:{digest}")
 
 
-def ratelimit_key(key_id: str) -> str:
-    return f"ratelimit:{key_id}"
+def apikey_id_key(keyspace: Keyspace, key_id: str) -> str:
+    return keyspace.key(f"apikey_id:{key_id}")
+
+
+def ratelimit_key(keyspace: Keyspace, key_id: str) -> str:
+    return keyspace.key(f"ratelimit:{key_id}")
+
+
+def concurrency_key(keyspace: Keyspace, key_id: str) -> str:
+    return keyspace.key(f"concurrency:{key_id}")
+
+
+def key_usage_key(keyspace: Keyspace, key_id: str) -> str:
+    return keyspace.key(f"usage:key:{key_id}")
+
+
+def project_usage_key(keyspace: Keyspace, project_id: str) -> str:
+    return keyspace.key(f"usage:project:{project_id}")
+
+
+def router_state_keys(keyspace: Keyspace, key_id: str) -> tuple[str, ...]:
+    """What routers keep about one key: deleted with it."""
+    return (
+        ratelimit_key(keyspace, key_id),
+        concurrency_key(keyspace, key_id),
+        key_usage_key(keyspace, key_id),
+    )
 
 
 class KeyStatus(StrEnum):
@@ -150,6 +181,12 @@ class KeyRecord:
     revoked_ms: int | None = None
     rpm: int | None = None  # requests per minute; None = unlimited
     tpm: int | None = None  # tokens per minute; None = unlimited
+    max_concurrent: int | None = None  # requests in flight at once; None = unlimited
+
+    @property
+    def limited(self) -> bool:
+        """Whether admission needs the rate-limit script (any limit set)."""
+        return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
 
     def status(self, at_ms: int) -> KeyStatus:
         if self.revoked_ms is not None:
@@ -185,6 +222,7 @@ class KeyRecord:
                 revoked_ms=opt("revoked_ms"),
                 rpm=opt("rpm"),
                 tpm=opt("tpm"),
+                max_concurrent=opt("max_concurrent"),
             )
             return record, d["key_hash"]
         except KeyError as exc:
@@ -228,25 +266,31 @@ def key_prefix(key: str) -> str:
 # --- reads -----------------------------------------------------------------------------------
 
 
-async def get_project(redis: Redis[Any], project_id: str) -> Project:
+async def get_project(
+    redis: Redis[Any], project_id: str, *, keyspace: Keyspace = DEFAULT_KEYSPACE
+) -> Project:
     """The project; NotFound for an unknown or malformed id."""
     normalized = normalize_project_id(project_id)
-    raw = None if normalized is None else await redis.hget(PROJECTS_KEY, normalized)
+    raw = None if normalized is None else await redis.hget(projects_key(keyspace), normalized)
     if raw is None:
         raise NotFound(f"Project `{normalized or project_id}` not found.")
     return Project.decode(raw)
 
 
-async def list_endpoints(redis: Redis[Any], project_id: str) -> list[Endpoint]:
-    project = await get_project(redis, project_id)
-    raw = await redis.hgetall(project_endpoints_key(project.project_id))
+async def list_endpoints(
+    redis: Redis[Any], project_id: str, *, keyspace: Keyspace = DEFAULT_KEYSPACE
+) -> list[Endpoint]:
+    project = await get_project(redis, project_id, keyspace=keyspace)
+    raw = await redis.hgetall(project_endpoints_key(keyspace, project.project_id))
     return sorted((Endpoint.decode(v) for v in raw.values()), key=lambda e: e.name)
 
 
-async def find_endpoint(redis: Redis[Any], project_id: str, name: str) -> Endpoint | None:
+async def find_endpoint(
+    redis: Redis[Any], project_id: str, name: str, *, keyspace: Keyspace = DEFAULT_KEYSPACE
+) -> Endpoint | None:
     """One HGET; None if the project or the endpoint does not exist."""
     normalized = normalize_project_id(project_id)
     if normalized is None or not ENDPOINT_RE.fullmatch(name):
         return None
-    raw = await redis.hget(project_endpoints_key(normalized), name)
+    raw = await redis.hget(project_endpoints_key(keyspace, normalized), name)
     return Endpoint.decode(raw) if raw is not None else None

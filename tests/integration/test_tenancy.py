@@ -385,3 +385,41 @@ def test_admin_demo_is_idempotent_and_its_urls_work(
     assert third["key_created"] and third["key"] != key
     assert third["project_id"] == first["project_id"]
     assert f"DEMO_KEY={third['key']}" in env_file.read_text()
+
+
+def test_a_redis_prefix_keeps_a_deployments_tenants_to_itself(
+    stack: Tenancy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second deployment on the same Redis under `staging:`: its admin CLI, router and worker
+    see only its own projects and keys, and the first deployment's keys mean nothing to it."""
+    prefix = ("--redis-prefix", "staging:")
+    worker = worker_process(tmp_path, stack.redis.url, "sw0", engine="fake", extra=prefix)
+    router = router_process(tmp_path, stack.redis.url, "rs", prefix, auth=True)
+
+    def admin(*argv: str) -> Any:
+        common = ["--redis-url", stack.redis.url, "--redis-prefix", "staging:", "--json"]
+        assert admin_main([*common, *argv]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    pid = admin("project", "create", "Staging")["project_id"]
+    admin("endpoint", "create", pid, "chat", "--model", MODEL_ID)
+    key = admin("key", "create", pid)["key"]
+    try:
+        for proc in (worker, router):
+            proc.start()
+        for proc in (worker, router):
+            proc.wait_healthy()
+        wait_until(partial(_serves_one_model, router), 10, "the staging worker")
+        with sdk(router.url + "/v1", key) as c:
+            reply = c.chat.completions.create(model=MODEL_ID, messages=HELLO, max_tokens=2)
+            assert reply.usage is not None and reply.usage.completion_tokens == 2
+        for base, foreign in ((router.url, stack.key), (stack.routers[0].url, key)):
+            with sdk(base + "/v1", foreign) as c, pytest.raises(openai.AuthenticationError):
+                c.chat.completions.create(model=MODEL_ID, messages=HELLO, max_tokens=1)
+        with redis.Redis.from_url(stack.redis.url) as r:
+            staged = {name.decode() for name in r.scan_iter("staging:*")}
+        assert f"staging:usage:project:{pid}" in staged  # counted under its prefix
+        assert f"staging:project:{pid}:keys" in staged and "staging:projects" in staged
+    finally:
+        for proc in (router, worker):
+            proc.stop()

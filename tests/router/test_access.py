@@ -24,6 +24,7 @@ from router.access import OPEN, Access
 from router.app import create_app
 from router.appkeys import METRICS, VIEW
 from router.config import RouterConfig
+from router.metrics import RouterMetrics
 from router.tenants import KeyRecord
 from tests.router.fakes import MODEL, TTL_MS, FakeWorker, RedisServer, make_record
 from tests.waits import eventually
@@ -60,7 +61,7 @@ async def two_projects(redis: Redis[bytes]) -> tuple[str, str, KeyRecord, str]:
 
 def access(redis: Redis[bytes], redis_url: str, clock: FakeClock, **settings: Any) -> Access:
     config = RouterConfig(redis_url=redis_url, base_domain=BASE_DOMAIN, **settings)
-    return Access(redis, config, clock=clock.monotonic)
+    return Access(redis, config, RouterMetrics(), clock=clock.monotonic)
 
 
 async def test_a_key_is_scoped_to_its_project(
@@ -129,20 +130,71 @@ async def test_a_host_under_the_base_domain_names_the_endpoint(
     assert (await guard.scope(request(key=key, host="localhost"))).endpoint is None
 
 
-async def test_admit_and_charge_spend_the_key_limits(
+async def test_admit_and_settle_spend_the_key_limits(
     redis: Redis[bytes], redis_url: str, clock: FakeClock
 ) -> None:
     mine, _, _, _ = await two_projects(redis)
-    limited = await tenant_admin.create_key(redis, mine, rpm=1, tpm=10)
+    limited = await tenant_admin.create_key(redis, mine, rpm=2, tpm=100)
     guard = access(redis, redis_url, clock)
     scope = await guard.scope(request(key=limited.key))
-    decision = await guard.admit(scope)
-    assert decision.headers()["x-ratelimit-limit-requests"] == "1"
-    await guard.charge(scope, 10)
+    assert scope.key is not None
+    # 400 bytes of body (about 100 prompt tokens) and 500 completion: the whole TPM at most.
+    ticket = await guard.admit(scope.key, 400, 500)
+    assert ticket.decision.reserved_tokens == 100
+    assert ticket.decision.headers()["x-ratelimit-remaining-tokens"] == "0"
+    ticket.meter.answered("30")
+    ticket.meter.completion_tokens = 10
+    await guard.settle(ticket)  # 60 of the 100 reserved are given back
+    small = await guard.admit(scope.key, 40, 10)  # 10 + 10
+    assert small.decision.headers()["x-ratelimit-remaining-tokens"] == "40"
     with pytest.raises(RateLimited) as info:
-        await guard.admit(scope)
-    assert info.value.status == 429
-    assert info.value.headers()["x-ratelimit-remaining-tokens"] == "0"
+        await guard.admit(scope.key, 4, 1)
+    assert info.value.status == 429 and info.value.code == "rate_limit_exceeded"
+    assert info.value.headers()["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_settle_counts_tokens_in_redis_and_metrics_even_without_limits(
+    redis: Redis[bytes], redis_url: str, clock: FakeClock
+) -> None:
+    mine, _, record, _ = await two_projects(redis)
+    guard = access(redis, redis_url, clock)
+    await redis.config_resetstat()
+    ticket = await guard.admit(record, 100, 16)
+    assert ticket.decision.headers() == {}
+    stats = await redis.info("commandstats")
+    assert not [k for k in stats if k.startswith("cmdstat_eval")]  # no limits: no admit call
+    ticket.meter.answered(None)  # no header from the worker: 100 bytes are about 25 tokens
+    ticket.meter.completion_tokens = 3
+    await guard.settle(ticket)
+    assert await redis.hgetall(f"usage:key:{record.key_id}") == {
+        b"prompt_tokens": b"25",
+        b"completion_tokens": b"3",
+        b"requests": b"1",
+    }
+    samples = {
+        (s.name, tuple(sorted(s.labels.values())), s.value)
+        for family in guard._metrics.registry.collect()
+        if family.name in ("router_tokens", "router_key_tokens")
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert samples == {
+        ("router_tokens_total", tuple(sorted((mine, "prompt"))), 25.0),
+        ("router_tokens_total", tuple(sorted((mine, "completion"))), 3.0),
+        ("router_key_tokens_total", tuple(sorted((record.key_id, "prompt"))), 25.0),
+        ("router_key_tokens_total", tuple(sorted((record.key_id, "completion"))), 3.0),
+    }
+
+
+async def test_a_settle_that_redis_refuses_is_counted_not_raised(
+    redis: Redis[bytes], redis_url: str, clock: FakeClock, redis_server: RedisServer
+) -> None:
+    _, _, record, _ = await two_projects(redis)
+    guard = access(redis, redis_url, clock)
+    ticket = await guard.admit(record, 100, 16)
+    redis_server.stop()
+    await guard.settle(ticket)
+    assert guard._metrics.registry.get_sample_value("router_settle_errors_total") == 1
 
 
 async def test_auth_off_without_a_name_is_open(
@@ -150,8 +202,6 @@ async def test_auth_off_without_a_name_is_open(
 ) -> None:
     guard = access(redis, redis_url, clock, auth=False)
     assert await guard.scope(request()) is OPEN
-    assert (await guard.admit(OPEN)).headers() == {}
-    await guard.charge(OPEN, 100)  # no key: nothing to charge, no Redis call
     assert await redis.dbsize() == 0
 
 

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from contract.errors import AuthenticationFailed
 from router.admin import main
 from router.apikeys import authenticate
+from router.ratelimit import RateLimiter
 from router.tenants import KeyRecord
 
 
@@ -71,7 +72,8 @@ def test_round_trip_json(cli: Cli) -> None:
     assert _authenticate(cli.url, key).key_id == created["key_id"]
 
     listed = cli.json("key", "list", pid)
-    assert listed == [created]  # the same metadata, without the key
+    counts = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
+    assert listed == [{**created, **counts}]  # the same metadata, without the key
     assert key not in json.dumps(listed)
 
     revoked = cli.json("key", "revoke", created["key_id"])
@@ -110,6 +112,46 @@ def test_errors(cli: Cli) -> None:
     assert "duration" in cli("key", "create", pid, "--expires-in", "soon", rc=2)
     assert "required" in cli("endpoint", "create", pid, "x", rc=2)
     assert main(["--redis-url", "redis://127.0.0.1:1/0", "project", "list"]) == 1
+
+
+def test_concurrency_limit_and_usage(cli: Cli, redis_url: str) -> None:
+    pid = cli.json("project", "create", "Acme")["project_id"]
+    created = cli.json("key", "create", pid, "--max-concurrent", "3")
+    assert created["max_concurrent"] == 3
+    assert "--max-concurrent" in cli("key", "create", pid, "--max-concurrent", "0", rc=2)
+
+    async def settle() -> None:
+        redis: Redis[bytes] = Redis.from_url(redis_url)
+        try:
+            await RateLimiter(redis).settle(created["key_id"], pid, (12, 30))
+        finally:
+            await redis.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(settle())
+    [listed] = cli.json("key", "list", pid)
+    assert (listed["max_concurrent"], listed["prompt_tokens"], listed["completion_tokens"]) == (
+        3, 12, 30,
+    )  # fmt: skip
+    used = cli.json("usage", pid)
+    assert (used["prompt_tokens"], used["completion_tokens"], used["requests"]) == (12, 30, 1)
+    assert used["keys"] == [
+        {"key_id": created["key_id"], "prompt_tokens": 12, "completion_tokens": 30, "requests": 1}
+    ]
+    table = cli("usage", pid).splitlines()
+    assert table[0].split() == ["key_id", "project_id", "prompt_tokens", "completion_tokens",
+                                "requests"]  # fmt: skip
+    assert table[1].split() == ["(project)", pid, "12", "30", "1"]
+    assert table[2].split()[0] == created["key_id"]
+    assert "not found" in cli("usage", "proj_NOPE", rc=1)
+
+
+def test_redis_prefix_names_another_deployment(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    staging = cli.json("--redis-prefix", "staging:", "project", "create", "Acme")
+    assert cli.json("project", "list") == []
+    assert cli.json("project", "list", "--redis-prefix", "staging:") == [staging]
+    monkeypatch.setenv("ROUTER_REDIS_PREFIX", "staging:")
+    assert cli.json("project", "list") == [staging]  # parsed again: the environment's prefix
+    assert "redis_prefix" in cli("--redis-prefix", "bad*", "project", "list", rc=2)
 
 
 def test_python_dash_m(redis_url: str) -> None:

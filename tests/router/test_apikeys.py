@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from contract.errors import AuthenticationFailed, NotFound
+from contract.keyspace import DEFAULT_KEYSPACE
 from contract.registry import now_ms
 from router import tenant_admin
 from router.apikeys import (
@@ -156,12 +157,13 @@ async def test_a_record_under_the_wrong_name_or_undecodable_is_unknown(
     new = await tenant_admin.create_key(redis, project.project_id)
     forged = generate_key(project.slug)
     # A copy of a real record under another key's name: its stored digest does not match.
+    ks = DEFAULT_KEYSPACE
     real: dict[str | bytes, bytes | float | int | str] = {
-        k: v for k, v in (await redis.hgetall(apikey_key(hash_key(new.key)))).items()
+        k: v for k, v in (await redis.hgetall(apikey_key(ks, hash_key(new.key)))).items()
     }
-    await redis.hset(apikey_key(hash_key(forged)), mapping=real)
+    await redis.hset(apikey_key(ks, hash_key(forged)), mapping=real)
     broken = generate_key(project.slug)
-    await redis.hset(apikey_key(hash_key(broken)), "key_id", "key_x")  # fields missing
+    await redis.hset(apikey_key(ks, hash_key(broken)), "key_id", "key_x")  # fields missing
     for key in (forged, broken):
         with pytest.raises(AuthenticationFailed) as info:
             await authenticate(redis, key)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from contract.keyspace import Keyspace
 from router import demo, tenant_admin
 from router.demo import DemoSpec, provision
 
@@ -72,3 +73,14 @@ async def test_urls_and_rendering(redis: Redis[bytes]) -> None:
 
     plain = demo.render(await provision(redis, DemoSpec(models=("m1",))))
     assert "start the router with --base-domain DOMAIN" in plain
+
+
+async def test_made_under_the_deployments_prefix(redis: Redis[bytes], tmp_path: Path) -> None:
+    staging = Keyspace("staging:")
+    spec = DemoSpec(models=("m1",), env_file=tmp_path / "demo.env", keyspace=staging)
+    first = await provision(redis, spec)
+    assert all(name.startswith(b"staging:") for name in await redis.keys("*"))
+    assert await tenant_admin.list_projects(redis) == []
+    again = await provision(redis, spec)  # found again under the prefix: reused
+    assert (again["project_created"], again["key_created"]) == (False, False)
+    assert again["key"] == first["key"]

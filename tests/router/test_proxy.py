@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from contract.registry import Event, EventType, Snapshot
-from contract.sse import DONE, USAGE_TRAILER_HEADER, usage_trailer
+from contract.sse import DONE, EVENT_STREAM, USAGE_TRAILER_HEADER, usage_trailer
 from router.admission import Admission
 from router.balancer import LeastLoaded
 from router.config import RouterConfig
@@ -183,13 +183,17 @@ async def test_a_failure_after_the_first_byte_is_an_sse_error_event(
     assert relay.view.upstreams["w1"].load == 0  # no refusal penalty: it did answer
 
 
-def trailer_app(pieces: list[bytes]) -> web.Application:
-    """A worker that streams `pieces` one write each, a little apart, as the relay may read them."""
+def pieces_app(
+    pieces: list[bytes], content_type: str = EVENT_STREAM, *, metered: bool = False
+) -> web.Application:
+    """A worker that writes `pieces` one write each, a little apart, as the relay may read them
+    (chunked: no Content-Length); `metered`: it checks that the router asked for usage."""
 
     async def chat(request: web.Request) -> web.StreamResponse:
         await request.read()
-        assert request.headers.get(USAGE_TRAILER_HEADER) == "1"
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        if metered:
+            assert request.headers.get(USAGE_TRAILER_HEADER) == "1"
+        response = web.StreamResponse(headers={"Content-Type": content_type})
         await response.prepare(request)
         for piece in pieces:
             await response.write(piece)
@@ -229,7 +233,7 @@ def cut(data: bytes, *at: int) -> list[bytes]:
 async def test_the_usage_trailer_is_metered_and_stripped_across_chunks(
     front: FrontFactory, aiohttp_server: AiohttpServer, at: tuple[int, ...]
 ) -> None:
-    server = await aiohttp_server(trailer_app(cut(FRAMES + TRAILER + DONE, *at)))
+    server = await aiohttp_server(pieces_app(cut(FRAMES + TRAILER + DONE, *at), metered=True))
     relay = await front(metered=True)
     relay.add_worker("w1", str(server.make_url("")).rstrip("/"))
     resp = await relay.client.post(CHAT, data=chat_body(stream=True))
@@ -248,3 +252,79 @@ async def test_a_plain_answer_is_metered_from_its_usage(
     assert await resp.read() == PLAIN_BODY
     assert worker.headers[0][USAGE_TRAILER_HEADER] == "1"
     assert [m.total_tokens for m in relay.meters] == [4]
+
+
+async def worker_url(aiohttp_server: AiohttpServer, app: web.Application) -> str:
+    return str((await aiohttp_server(app)).make_url("")).rstrip("/")
+
+
+async def test_a_frame_past_its_bound_ends_the_stream_and_counts_against_the_worker(
+    front: FrontFactory, aiohttp_server: AiohttpServer
+) -> None:
+    pieces = [STREAM_FRAMES[0], b"data: " + b"x" * 600, b"x" * 600, b"never relayed\n\n"]
+    relay = await front(max_frame_bytes=1024, breaker_failures=1)
+    relay.add_worker("w1", await worker_url(aiohttp_server, pieces_app(pieces)))
+    resp = await relay.client.post(CHAT, data=chat_body(stream=True))
+    data = await resp.read()
+    error_frame, tail = data.removeprefix(STREAM_FRAMES[0]).split(b"\n\n", 1)
+    assert orjson.loads(error_frame.removeprefix(b"data: "))["error"]["code"] == "upstream_error"
+    assert tail == DONE
+    assert relay.sample("router_relay_limits_total", limit="frame") == 1
+    assert relay.sample("router_upstream_errors_total", worker="w1", kind="broken") == 1
+    assert relay.sample("router_breaker_transitions_total", worker="w1", state="open") == 1
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+async def test_a_plain_answer_past_its_bound_is_502(
+    front: FrontFactory, aiohttp_server: AiohttpServer, chunked: bool
+) -> None:
+    big = b'{"pad": "' + b"x" * 4096 + b'"}'
+
+    async def whole(_: web.Request) -> web.Response:
+        return web.Response(body=big, content_type="application/json")  # with Content-Length
+
+    if chunked:
+        app = pieces_app([big[:2000], big[2000:]], "application/json")
+    else:
+        app = web.Application()
+        app.router.add_post(CHAT, whole)
+    relay = await front(max_response_bytes=4096, breaker_failures=1)
+    relay.add_worker("w1", await worker_url(aiohttp_server, app))
+    resp = await relay.client.post(CHAT, data=chat_body())
+    assert resp.status == 502
+    assert (await error_of(resp))["code"] == "upstream_error"
+    assert relay.sample("router_relay_limits_total", limit="body") == 1
+    assert relay.sample("router_breaker_transitions_total", worker="w1", state="open") == 0
+    assert relay.view.upstreams["w1"].in_flight == 0
+
+
+async def test_a_stream_past_its_duration_ends_without_blaming_the_worker(
+    front: FrontFactory, aiohttp_server: AiohttpServer
+) -> None:
+    app = pieces_app([STREAM_FRAMES[0]] * 100)  # about 1 s of frames
+    relay = await front(max_stream_s=0.3, breaker_failures=1)
+    relay.add_worker("w1", await worker_url(aiohttp_server, app))
+    resp = await relay.client.post(CHAT, data=chat_body(stream=True))
+    *frames, error_frame, done = (await resp.read()).split(b"\n\n")[:-1]
+    assert 5 < len(frames) < 60
+    assert orjson.loads(error_frame.removeprefix(b"data: "))["error"]["code"] == "timeout"
+    assert done == b"data: [DONE]"
+    assert relay.sample("router_relay_limits_total", limit="duration") == 1
+    assert relay.sample("router_breaker_transitions_total", worker="w1", state="open") == 0
+    assert relay.sample("router_upstream_errors_total", worker="w1", kind="timeout") == 0
+
+
+async def test_a_slow_first_byte_is_504_but_neither_opens_the_breaker_nor_penalises(
+    front: FrontFactory, fake_worker: Callable[..., Awaitable[FakeWorker]]
+) -> None:
+    worker = await fake_worker("w1", "hang")  # a plain answer that takes 30 s
+    relay = await front(first_token_timeout_s=0.2, breaker_failures=1)
+    relay.add_worker("w1", worker.url)
+    for _ in range(2):
+        resp = await relay.client.post(CHAT, data=chat_body())
+        assert resp.status == 504
+        assert (await error_of(resp))["code"] == "timeout"
+    assert len(worker.bodies) == 2  # the breaker let the second one through
+    assert relay.sample("router_upstream_errors_total", worker="w1", kind="timeout") == 2
+    assert relay.sample("router_breaker_transitions_total", worker="w1", state="open") == 0
+    assert relay.view.upstreams["w1"].load == 0  # not tried last either

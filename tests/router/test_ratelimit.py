@@ -1,4 +1,5 @@
-"""The shared rate limiter against a real Redis: exact limits, concurrency, TPM, headers."""
+"""The shared rate limiter against a real Redis: exact limits, replicas racing, TPM reservations
+and settling, concurrency slots and their leases, the token counters, headers."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from contract.keyspace import Keyspace
 from router.ratelimit import WINDOW_MS, Decision, Limit, RateLimiter, format_reset
-from router.tenants import ratelimit_key
+from router.tenants import concurrency_key, key_usage_key, project_usage_key, ratelimit_key
+
+KS = Keyspace()
 
 T0 = 1_700_000_000_000
 
@@ -83,9 +87,9 @@ async def test_tokens_charged_after_the_fact_block_the_next_request(redis: Redis
     limiter = RateLimiter(redis)
     first = await limiter.admit("key_a", 100, 100, T0)
     assert first.admitted and first.remaining_tokens == 100
-    await limiter.charge_tokens("key_a", 60, 100, T0)
+    await limiter.settle("key_a", "proj_A", (20, 40), tpm=100, now_ms=T0)
     assert (await limiter.admit("key_a", 100, 100, T0)).remaining_tokens == 40
-    await limiter.charge_tokens("key_a", 40, 100, T0)
+    await limiter.settle("key_a", "proj_A", (40, 0), tpm=100, now_ms=T0)
     refused = await limiter.admit("key_a", 100, 100, T0)
     assert not refused.admitted and refused.refused_by is Limit.TOKENS
     assert refused.remaining_tokens == 0 and refused.reset_tokens_ms == WINDOW_MS
@@ -97,7 +101,7 @@ async def test_tokens_charged_after_the_fact_block_the_next_request(redis: Redis
 async def test_token_debt_is_waited_out(redis: Redis[bytes]) -> None:
     limiter = RateLimiter(redis)
     assert (await limiter.admit("key_a", None, 100, T0)).admitted
-    await limiter.charge_tokens("key_a", 250, 100, T0)  # 2.5 minutes of budget
+    await limiter.settle("key_a", "proj_A", (50, 200), tpm=100, now_ms=T0)  # 2.5 minutes
     refused = await limiter.admit("key_a", None, 100, T0 + 60_000)
     # Full again at T0 + 150 s; one token is back at T0 + 90.6 s.
     assert not refused.admitted and refused.retry_after_ms == 30_600
@@ -111,7 +115,6 @@ async def test_unlimited_keys_cost_no_round_trip(redis: Redis[bytes]) -> None:
     limiter = RateLimiter(redis)
     decision = await limiter.admit("key_a", None, None)
     assert decision.admitted and decision.headers() == {}
-    await limiter.charge_tokens("key_a", 500, None)
     assert await _script_calls(redis) == {}
     assert await redis.dbsize() == 0
 
@@ -130,5 +133,117 @@ async def test_one_evalsha_per_admit_and_state_expires(redis: Redis[bytes]) -> N
         decision: Decision = await limiter.admit("key_a", 60, None)
         assert decision.admitted
     assert await _script_calls(redis) == {"cmdstat_evalsha": 5}
-    ttl_ms = await redis.pttl(ratelimit_key("key_a"))
+    ttl_ms = await redis.pttl(ratelimit_key(KS, "key_a"))
     assert 0 < ttl_ms <= 6_001  # six requests at 1 s each, then the bucket is full again
+
+
+async def test_a_reservation_admits_only_what_fits(redis: Redis[bytes]) -> None:
+    limiter = RateLimiter(redis)
+    first = await limiter.admit("key_a", None, 100, T0, reserve=60)
+    assert first.admitted and first.remaining_tokens == 40 and first.reserved_tokens == 60
+    # 40 left: a request that may need 60 waits for 20 tokens' worth (12 s at 100 TPM).
+    refused = await limiter.admit("key_a", None, 100, T0, reserve=60)
+    assert not refused.admitted and refused.refused_by is Limit.TOKENS
+    assert refused.retry_after_ms == 12_000 and refused.remaining_tokens == 40
+    assert "reserves 60" in refused.error().message
+    assert (await limiter.admit("key_a", None, 100, T0, reserve=40)).remaining_tokens == 0
+    assert not (await limiter.admit("key_a", None, 100, T0, reserve=1)).admitted
+    assert (await limiter.admit("key_a", None, 100, T0 + 12_000, reserve=20)).admitted
+
+
+async def test_settling_gives_back_or_charges_the_difference(redis: Redis[bytes]) -> None:
+    limiter = RateLimiter(redis)
+    await limiter.admit("key_a", None, 100, T0, reserve=60)
+    await limiter.settle("key_a", "proj_A", (5, 10), tpm=100, reserved=60, now_ms=T0)
+    assert (await limiter.admit("key_a", None, 100, T0)).remaining_tokens == 85  # 45 back
+    await limiter.settle("key_a", "proj_A", (0, 0), tpm=100, now_ms=T0)  # reserved nothing
+    # Used more than reserved: the rest is charged, into debt if need be.
+    await limiter.admit("key_a", None, 100, T0, reserve=10)
+    await limiter.settle("key_a", "proj_A", (10, 140), tpm=100, reserved=10, now_ms=T0)
+    refused = await limiter.admit("key_a", None, 100, T0)
+    assert not refused.admitted and refused.reset_tokens_ms == 99_000  # 15 + 150 tokens
+
+
+async def test_a_refund_never_moves_the_bucket_before_now(redis: Redis[bytes]) -> None:
+    limiter = RateLimiter(redis)
+    await limiter.admit("key_a", None, 100, T0, reserve=100)
+    # Long after the reservation has refilled, an unused one must not bank credit.
+    await limiter.settle("key_a", "proj_A", (0, 0), tpm=100, reserved=100, now_ms=T0 + 120_000)
+    again = await limiter.admit("key_a", None, 100, T0 + 120_000, reserve=100)
+    assert again.admitted and again.remaining_tokens == 0
+    assert not (await limiter.admit("key_a", None, 100, T0 + 120_000, reserve=1)).admitted
+
+
+async def test_settle_counts_tokens_per_key_and_project(redis: Redis[bytes]) -> None:
+    limiter = RateLimiter(redis)
+    await limiter.settle("key_a", "proj_A", (3, 7))
+    await limiter.settle("key_b", "proj_A", (2, 0))
+    await limiter.settle("key_b", "proj_A", (0, 0))  # nothing used: nothing counted
+    usage = {
+        name: await redis.hgetall(name)
+        for name in (key_usage_key(KS, "key_a"), key_usage_key(KS, "key_b"))
+    }
+    assert usage == {
+        "usage:key:key_a": {b"prompt_tokens": b"3", b"completion_tokens": b"7", b"requests": b"1"},
+        "usage:key:key_b": {b"prompt_tokens": b"2", b"completion_tokens": b"0", b"requests": b"1"},
+    }
+    project = await redis.hgetall(project_usage_key(KS, "proj_A"))
+    assert project == {b"prompt_tokens": b"5", b"completion_tokens": b"7", b"requests": b"2"}
+
+
+async def test_concurrency_slots_are_held_until_settled(redis: Redis[bytes]) -> None:
+    limiter = RateLimiter(redis)
+
+    async def admit(request_id: str, now: int = T0) -> Decision:
+        return await limiter.admit(
+            "key_a", None, None, now, max_concurrent=2, slot=request_id, lease_ms=10_000
+        )
+
+    assert (await admit("r1")).admitted and (await admit("r2")).admitted
+    refused = await admit("r3")
+    assert not refused.admitted and refused.refused_by is Limit.CONCURRENT
+    error = refused.error()
+    assert error.status == 429 and error.code == "concurrency_limit_exceeded"
+    assert "in flight: limit 2." in error.message and error.headers() == {"Retry-After": "1"}
+    await limiter.settle("key_a", "proj_A", (1, 1), slot="r1", now_ms=T0)
+    assert (await admit("r3")).admitted
+    assert await redis.zrange(concurrency_key(KS, "key_a"), 0, -1) == [b"r2", b"r3"]
+    assert 9_000 < await redis.pttl(concurrency_key(KS, "key_a")) <= 10_000
+
+
+async def test_a_lost_slot_is_freed_when_its_lease_ends(redis: Redis[bytes]) -> None:
+    limiter = RateLimiter(redis)
+
+    async def admit(request_id: str, now: int) -> bool:
+        decision = await limiter.admit(
+            "key_a", None, None, now, max_concurrent=1, slot=request_id, lease_ms=5_000
+        )
+        return decision.admitted
+
+    assert await admit("dies-with-its-router", T0)  # never settled
+    assert not await admit("r2", T0 + 4_999)
+    assert await admit("r2", T0 + 5_000)
+
+
+async def test_a_refusal_by_one_limit_takes_nothing_from_the_others(redis: Redis[bytes]) -> None:
+    limiter = RateLimiter(redis)
+    options: dict[str, Any] = {"max_concurrent": 1, "lease_ms": 10_000}
+    assert (await limiter.admit("key_a", 10, 100, T0, reserve=10, slot="r1", **options)).admitted
+    busy = await limiter.admit("key_a", 10, 100, T0, reserve=10, slot="r2", **options)
+    assert busy.refused_by is Limit.CONCURRENT
+    assert (busy.remaining_requests, busy.remaining_tokens) == (9, 90)  # nothing taken
+    too_big = await limiter.admit("key_a", 10, 100, T0 + 1, reserve=95, **options)
+    assert too_big.refused_by is Limit.TOKENS  # the slot is also taken; tokens say more
+    assert await redis.zcard(concurrency_key(KS, "key_a")) == 1
+
+
+async def test_names_live_under_the_keyspace(redis: Redis[bytes]) -> None:
+    limiter = RateLimiter(redis, Keyspace("staging:"))
+    await limiter.admit("key_a", 5, 100, max_concurrent=1, slot="r1", lease_ms=1000)
+    await limiter.settle("key_a", "proj_A", (1, 2), tpm=100, slot="r1")
+    names = sorted(n.decode() for n in await redis.keys("*"))
+    assert names == [
+        "staging:ratelimit:key_a",
+        "staging:usage:key:key_a",
+        "staging:usage:project:proj_A",
+    ]  # the slot was freed, so its set is gone

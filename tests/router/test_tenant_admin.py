@@ -7,9 +7,11 @@ import pytest
 from redis.asyncio import Redis
 
 from contract.errors import NotFound
+from contract.keyspace import Keyspace
 from contract.registry import now_ms
 from router import tenant_admin
 from router.apikeys import authenticate
+from router.ratelimit import RateLimiter
 from router.tenant_admin import AlreadyExists
 from router.tenants import KeyStatus, Project, get_project, hash_key, list_endpoints
 
@@ -133,8 +135,73 @@ async def test_delete_project_leaves_nothing(redis: Redis[bytes]) -> None:
     project = await make_project(redis)
     await tenant_admin.create_endpoint(redis, project.project_id, "chat", ["m"])
     new = await tenant_admin.create_key(redis, project.project_id, rpm=5)
-    await redis.hset(f"ratelimit:{new.record.key_id}", "req", "1")
+    await _router_state(redis, project.project_id, new.record.key_id)
     await tenant_admin.delete_project(redis, project.project_id)
     assert await redis.dbsize() == 0
     with pytest.raises(NotFound):
         await tenant_admin.list_keys(redis, project.project_id)
+
+
+async def _router_state(redis: Redis[bytes], project_id: str, key_id: str) -> None:
+    """What routers write about a key: its rate state, a slot held, its usage counted."""
+    limiter = RateLimiter(redis)
+    await limiter.admit(key_id, 5, 100, reserve=10, max_concurrent=2, slot="r1", lease_ms=9)
+    await limiter.admit(key_id, 5, 100, max_concurrent=2, slot="r2", lease_ms=60_000)
+    await limiter.settle(key_id, project_id, (4, 6), tpm=100, reserved=10, slot="r1")
+
+
+async def test_delete_key_drops_router_state_but_not_the_project_usage(
+    redis: Redis[bytes],
+) -> None:
+    project = await make_project(redis)
+    new = await tenant_admin.create_key(redis, project.project_id, max_concurrent=2)
+    assert new.record.max_concurrent == 2
+    assert (await tenant_admin.get_key(redis, new.record.key_id)).max_concurrent == 2
+    with pytest.raises(ValueError, match="max_concurrent"):
+        await tenant_admin.create_key(redis, project.project_id, max_concurrent=0)
+    await _router_state(redis, project.project_id, new.record.key_id)
+    assert len(await redis.keys("*" + new.record.key_id)) == 4  # ratelimit, slots, usage, id
+    await tenant_admin.delete_key(redis, new.record.key_id)
+    assert await redis.keys("*" + new.record.key_id) == []
+    used = await tenant_admin.usage(redis, project.project_id)
+    assert used == {
+        "project_id": project.project_id,
+        "prompt_tokens": 4,
+        "completion_tokens": 6,
+        "requests": 1,
+        "keys": [],
+    }
+
+
+async def test_usage_per_project_and_key(redis: Redis[bytes]) -> None:
+    project = await make_project(redis)
+    a, b = [await tenant_admin.create_key(redis, project.project_id) for _ in "ab"]
+    limiter = RateLimiter(redis)
+    await limiter.settle(a.record.key_id, project.project_id, (10, 20))
+    await limiter.settle(a.record.key_id, project.project_id, (1, 2))
+    used = await tenant_admin.usage(redis, project.project_id)
+    counts = {k["key_id"]: (k["prompt_tokens"], k["completion_tokens"], k["requests"])
+              for k in used["keys"]}  # fmt: skip
+    assert counts == {a.record.key_id: (11, 22, 2), b.record.key_id: (0, 0, 0)}
+    assert (used["prompt_tokens"], used["completion_tokens"], used["requests"]) == (11, 22, 2)
+    with pytest.raises(NotFound):
+        await tenant_admin.usage(redis, "proj_NOPE")
+
+
+async def test_a_keyspace_keeps_deployments_apart(redis: Redis[bytes]) -> None:
+    staging = Keyspace("staging:")
+    project = await tenant_admin.create_project(redis, "Acme", keyspace=staging)
+    pid = project.project_id
+    await tenant_admin.create_endpoint(redis, pid, "chat", ["m"], keyspace=staging)
+    new = await tenant_admin.create_key(redis, pid, keyspace=staging)
+    assert all(name.startswith(b"staging:") for name in await redis.keys("*"))
+    assert await tenant_admin.list_projects(redis) == []  # the empty prefix sees none of it
+    with pytest.raises(NotFound):
+        await get_project(redis, pid)
+    assert await authenticate(redis, new.key, keyspace=staging) == new.record
+    assert [k.key_id for k in await tenant_admin.list_keys(redis, pid, keyspace=staging)] == [
+        new.record.key_id
+    ]
+    await tenant_admin.revoke_key(redis, new.record.key_id, keyspace=staging)
+    await tenant_admin.delete_project(redis, pid, keyspace=staging)
+    assert await redis.dbsize() == 0

@@ -6,6 +6,7 @@ import pytest
 from redis.asyncio import Redis
 
 from contract.errors import NotFound
+from contract.keyspace import Keyspace
 from router import tenant_admin
 from router.tenants import (
     API_KEY_RE,
@@ -13,13 +14,23 @@ from router.tenants import (
     KeyRecord,
     KeyStatus,
     Project,
+    apikey_id_key,
+    apikey_key,
+    concurrency_key,
     find_endpoint,
     generate_key,
     get_project,
     hash_key,
     key_prefix,
+    key_usage_key,
     list_endpoints,
     normalize_project_id,
+    project_endpoints_key,
+    project_keys_key,
+    project_usage_key,
+    projects_key,
+    ratelimit_key,
+    router_state_keys,
     slugify,
 )
 
@@ -47,6 +58,44 @@ def test_key_record_hash_omits_absent_fields_and_round_trips() -> None:
     del raw[b"key_hash"]
     with pytest.raises(ValueError, match="missing"):
         KeyRecord.from_hash(raw)
+
+
+def test_key_record_limits() -> None:
+    bare = KeyRecord("key_1", "proj_ABC", "p", "", 0)
+    assert not bare.limited  # admission needs no Redis call
+    for limits in ({"rpm": 1}, {"tpm": 1}, {"max_concurrent": 1}):
+        record = KeyRecord("key_1", "proj_ABC", "p", "", 0, **limits)
+        assert record.limited
+        raw = {k.encode(): v.encode() for k, v in record.to_hash("d").items()}
+        assert KeyRecord.from_hash(raw) == (record, "d")
+
+
+def test_every_name_sits_under_the_keyspace() -> None:
+    ks = Keyspace("prod:")
+    names = [
+        projects_key(ks),
+        project_endpoints_key(ks, "proj_A"),
+        project_keys_key(ks, "proj_A"),
+        apikey_key(ks, "abc"),
+        apikey_id_key(ks, "key_1"),
+        project_usage_key(ks, "proj_A"),
+        *router_state_keys(ks, "key_1"),
+    ]
+    assert names == [
+        "prod:projects",
+        "prod:project:proj_A:endpoints",
+        "prod:project:proj_A:keys",
+        "prod:apikey:abc",
+        "prod:apikey_id:key_1",
+        "prod:usage:project:proj_A",
+        "prod:ratelimit:key_1",
+        "prod:concurrency:key_1",
+        "prod:usage:key:key_1",
+    ]
+    assert ratelimit_key(Keyspace(), "key_1") == "ratelimit:key_1"
+    assert concurrency_key(ks, "k") == "prod:concurrency:k" and key_usage_key(ks, "k").startswith(
+        "prod:usage:key:"
+    )
 
 
 def test_key_status() -> None:
