@@ -223,6 +223,8 @@ class Options(Generic[C]):
         parser = argparse.ArgumentParser(
             prog=self.prog,
             description=self.description,
+            # No prefixes of flags: `--worker-secret` must not pass for `--worker-secret-file`.
+            allow_abbrev=False,
             epilog="A flag overrides its environment variable, which overrides the default.",
         )
         for spec in self.specs:
@@ -245,7 +247,12 @@ class Options(Generic[C]):
     def _load(
         self, parser: argparse.ArgumentParser, argv: Sequence[str] | None, env: Mapping[str, str]
     ) -> C:
-        flags = vars(parser.parse_args(argv))
+        known, unknown = parser.parse_known_args(argv)
+        if unknown:
+            # Named, never quoted: a stray value may be a secret typed on the command line.
+            names = sorted({arg.partition("=")[0] for arg in unknown if arg.startswith("-")})
+            raise ConfigError(f"unrecognized arguments: {' '.join(names) or '(values not shown)'}")
+        flags = vars(known)
         values: dict[str, Any] = {}
         labels = {spec.name: spec.both for spec in self.specs}
         for spec in self.specs:

@@ -7,16 +7,18 @@ which projects or endpoints exist; a key used on another project's URL gets that
 
 Metering: a request made with a key is admitted (`admit`) and, however it ends, settled once
 (`settle`); requests without a key (auth off) are not metered at all. Admission takes, in one
-rate-limit script call (router.ratelimit), a request against the key's RPM, a reservation against
-its TPM and a concurrency slot, each only if the key has that limit. The reservation is the
-request's worst case: its prompt estimated from the body (router.exchange) plus its length bound
-(max_tokens times n, else --reserve-max-tokens per choice), capped at the key's whole TPM so a
-big request waits for a full bucket instead of being refused forever. The slot's lease is the
-longest life a request can have, so a router that dies mid-request frees it when the lease ends.
-Settling charges what the relay metered (router.exchange.TokenMeter: the exact usage when the
-worker sent it, else the prompt and the frames relayed), frees the slot and adds the tokens to
-the key's and project's counters, in Redis and in the router's metrics; it runs shielded from
-the client's cancellation, and a Redis failure there is logged and counted, never the client's.
+rate-limit script call (router.ratelimit), a request against the key's RPM, a reservation against its
+TPM and a concurrency slot, each only if the key has that limit. The reservation is the request's
+worst case: its prompt estimated from the body (router.exchange) plus its length bound (max_tokens
+times n, else --reserve-max-tokens per choice), capped at the key's whole TPM so a big request
+waits for a full bucket instead of being refused forever. The slot is a short lease that this
+router renews while the request lives (router.leases), so a router that dies mid-request frees it
+within `--concurrency-lease-s`. Settling charges what the relay metered
+(router.exchange.TokenMeter: the exact usage when the worker sent it, else the prompt and the
+frames relayed), frees the slot and adds the tokens to the key's and project's counters, in Redis
+and in the router's metrics; it runs shielded from the client's cancellation and off the answer's
+path (a task: the client never waits for it), and a Redis failure there is logged and counted,
+never the client's.
 
 Redis is touched only through the key and endpoint caches (a few seconds' TTL), one admit call
 for keys with limits, and one settle call per keyed request; a Redis failure before the answer is
@@ -25,8 +27,8 @@ a 503, never a 500.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -44,6 +46,7 @@ from router.apikeys import DEFAULT_CACHE_ENTRIES, KeyCache, parse_bearer
 from router.config import RouterConfig
 from router.exchange import PROMPT_BYTES_PER_TOKEN, TokenMeter
 from router.hosts import named_by_host
+from router.leases import LeaseKeeper
 from router.metrics import RouterMetrics
 from router.ratelimit import UNLIMITED, Decision, RateLimiter
 from router.tenants import Endpoint, KeyRecord, find_endpoint, list_endpoints, normalize_project_id
@@ -80,19 +83,6 @@ class Ticket:
     meter: TokenMeter  # what the relay saw of the request's usage
 
 
-def slot_lease_ms(config: RouterConfig) -> int:
-    """The longest a request can hold a concurrency slot (router.proxy's bounds): its queue
-    wait, each attempt's wait for a first byte, the stream, the writes around it, and a second
-    for the settle round trip."""
-    life_s = (
-        config.queue_timeout_s
-        + config.max_attempts * config.first_token_timeout_s
-        + 2 * config.read_timeout_s
-        + config.max_stream_s
-    )
-    return math.ceil((life_s + 1) * 1000)
-
-
 class Access:
     """One per app: turns a request into its Scope (key, project, endpoint, allowed models),
     then admits it against the key's limits and settles its usage when it ends (see above).
@@ -114,7 +104,8 @@ class Access:
         self._metrics = metrics
         self._auth = config.auth
         self._base_domain = config.base_domain
-        self._lease_ms = slot_lease_ms(config)
+        self.leases = LeaseKeeper(redis, self._keyspace, config.concurrency_lease_s)
+        self._settling: set[asyncio.Task[None]] = set()
         ttl = config.key_cache_ttl_s
         # Rejects a TTL past the bound.
         self._keys = KeyCache(redis, ttl_s=ttl, clock=clock, keyspace=self._keyspace)
@@ -184,16 +175,36 @@ class Access:
                 reserve=reserve,
                 max_concurrent=key.max_concurrent,
                 slot=slot,
-                lease_ms=self._lease_ms,
+                lease_ms=self.leases.lease_ms,
             )
             decision = await _redis_guard(admit)
             if not decision.admitted:
                 raise decision.error()
+            if slot:
+                self.leases.hold(key.key_id, slot)
         return Ticket(key, slot, decision, meter)
+
+    def start(self) -> None:
+        self.leases.start()
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Finish the settles under way (Redis closes after this), stop renewing leases."""
+        if self._settling:
+            await asyncio.wait(self._settling, timeout=timeout_s)
+        await self.leases.close()
+
+    def settle_soon(self, ticket: Ticket) -> None:
+        """`settle` in a task of its own: the answer goes out without waiting for Redis, and
+        a client that hangs up cannot cancel it."""
+        task = asyncio.get_running_loop().create_task(self.settle(ticket))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def settle(self, ticket: Ticket) -> None:
         """Charge what the request used, free its slot, count its tokens; call it once, when
         the request has ended, whatever the way. Never raises for Redis."""
+        if ticket.slot:
+            self.leases.drop(ticket.slot)
         key, meter = ticket.key, ticket.meter
         usage = (meter.prompt_tokens, meter.completion_tokens)
         self._metrics.token_counters(key.project_id, key.key_id).add(*usage)

@@ -97,8 +97,11 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[ACCESS] = Access(app[REDIS], app[CONFIG], app[METRICS])
+    access = Access(app[REDIS], app[CONFIG], app[METRICS])
+    app[ACCESS] = access
+    access.start()
     yield
+    await access.close()
 
 
 async def _admission_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
-from contract.options import LogLevel
+from contract.options import ConfigError, LogLevel
 from router.app import create_app
 from router.config import parse_config
 
@@ -28,6 +29,11 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv, os.environ)
+    try:
+        config.worker_secret(os.environ)  # read again at startup; unreadable: a clean exit 2
+    except ConfigError as exc:
+        print(f"python -m router: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -6,18 +6,17 @@ or ROUTER_PORT; the Redis URL also reads REDIS_URL. `parse_config` exits 2 on a 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from contract.keyspace import Keyspace, check_prefix
-from contract.options import ConfigError, LogLevel, Options, member, meta
+from contract.options import LogLevel, Options, member, meta
+from contract.secrets import SECRET_ENV, load_secret, secret_file
 from router.apikeys import DEFAULT_CACHE_TTL_S, MAX_CACHE_TTL_S
 from router.balancer import PolicyName
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
-WORKER_SECRET_ENV = "XERO_WORKER_SECRET"  # workers read it too (worker.auth)
 POSITIVE_FIELDS = (
     "registry_refresh_s",
     "worker_stale_s",
@@ -28,15 +27,8 @@ POSITIVE_FIELDS = (
     "queue_timeout_s",
     "breaker_open_s",
     "max_stream_s",
+    "concurrency_lease_s",
 )
-
-
-def _secret_file(text: str) -> str:
-    path = os.path.abspath(os.path.expanduser(text))
-    if not os.path.isfile(path):
-        # Not quoted back: someone may have written the secret itself there.
-        raise ConfigError("no such file (it takes the path of a file holding the secret)")
-    return path
 
 
 def _domain(text: str) -> str:
@@ -130,17 +122,27 @@ class RouterConfig:
             "(the worker's default length)"
         ),
     )
+    concurrency_lease_s: float = field(
+        default=30.0,
+        metadata=meta(
+            "a key's concurrency slot held by a router that died is freed after this; "
+            "live routers renew theirs"
+        ),
+    )
     worker_secret_file: str | None = field(
         default=None,
         metadata=meta(
-            f"file holding the secret sent to workers (else ${WORKER_SECRET_ENV}; neither: none)",
-            parse=_secret_file,
+            f"file holding the secret sent to workers (else ${SECRET_ENV}; neither: none)",
+            parse=secret_file,
             metavar="PATH",
         ),
     )
 
     def __post_init__(self) -> None:
-        scheme = urlsplit(self.redis_url).scheme
+        try:
+            scheme = urlsplit(self.redis_url).scheme
+        except ValueError:  # its message quotes the URL, password and all
+            scheme = ""
         if scheme not in REDIS_SCHEMES:
             # The URL itself is not echoed: it may carry a password.
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
@@ -166,18 +168,9 @@ class RouterConfig:
         return Keyspace(self.redis_prefix)
 
     def worker_secret(self, environ: Mapping[str, str]) -> str | None:
-        """What every worker request carries as `Authorization: Bearer ...`: the secret
-        file's content, else $XERO_WORKER_SECRET, else None. Read once, at startup."""
-        if self.worker_secret_file is None:
-            secret = environ.get(WORKER_SECRET_ENV, "").strip()
-        else:
-            with open(self.worker_secret_file, encoding="utf-8") as f:
-                secret = f.read().strip()
-            if not secret:
-                raise ConfigError("the worker secret file is empty")
-        if not all("!" <= c <= "~" for c in secret):
-            raise ConfigError("the worker secret: expected printable ASCII without spaces")
-        return secret or None
+        """What every worker request carries as `Authorization: Bearer ...` (contract.secrets);
+        ConfigError if the file cannot be read."""
+        return load_secret(self.worker_secret_file, environ)
 
     def _check_limits(self) -> None:
         if not self.shutdown_timeout_s >= 0:

@@ -131,7 +131,7 @@ async def dispatch(request: web.Request, endpoint: Endpoint[R]) -> web.StreamRes
             response = await app[RELAY].forward(request, exchange)
         finally:
             if ticket is not None:  # settled once, however the request ended
-                await asyncio.shield(access.settle(ticket))
+                access.settle_soon(ticket)
         status = response.status
         return response
     except ApiError as exc:

@@ -132,7 +132,6 @@ class RegistryOp(enum.StrEnum):
 
     READ = "read"
     EVENTS = "events"
-    DECODE = "decode"
 
 
 class WorkerGauges(Protocol):

@@ -16,55 +16,22 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from contract.errors import AuthenticationFailed
-from contract.options import ConfigError
+from contract.secrets import SECRET_ENV as SECRET_ENV
+from contract.secrets import load_secret as load_secret
+from contract.secrets import secret_file as secret_file
 
 logger = logging.getLogger(__name__)
 
-SECRET_ENV = "XERO_WORKER_SECRET"
 OPEN_ROUTES = frozenset({"/health", "/metrics"})
 REFUSAL_LOG_INTERVAL_S = 10.0
 REFUSED = "Only a router may call this worker: missing or wrong worker secret."
-
-
-def secret_file(text: str) -> str:
-    """The `--worker-secret-file` value: an existing file's absolute path. The value is never
-    quoted back: someone may have written the secret itself there."""
-    path = os.path.abspath(os.path.expanduser(text))
-    if not os.path.isfile(path):
-        raise ConfigError("no such file (it takes the path of a file holding the secret)")
-    return path
-
-
-def load_secret(path: str | None, environ: Mapping[str, str]) -> str | None:
-    """The secret: the file's content without surrounding whitespace, else $XERO_WORKER_SECRET,
-    else None. Raises ConfigError for an unreadable file or a secret unfit for a header."""
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                secret = f.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the worker secret file: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError("the worker secret file is not UTF-8 text") from None
-        source = "the worker secret file"
-    else:
-        secret = environ.get(SECRET_ENV, "").strip()
-        source = SECRET_ENV
-    if not secret:
-        if path is not None:
-            raise ConfigError(f"{source} is empty")
-        return None
-    if not all("!" <= c <= "~" for c in secret):
-        raise ConfigError(f"{source}: expected printable ASCII without spaces")
-    return secret
 
 
 class RefusalLog:

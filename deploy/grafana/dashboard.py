@@ -358,11 +358,48 @@ def _registry(g: Layout) -> None:
         )
     )
     g.add(
+        timeseries("Redis memory", "bytes", ("sum(redis_memory_used_bytes)", "memory used")),
+        w=4,
+    )
+    g.add(timeseries("Redis keys", "none", ("sum(redis_db_keys)", "keys")), w=4)
+    g.add(
         timeseries(
-            "Redis memory and keys",
-            "bytes",
-            ("sum(redis_memory_used_bytes)", "memory used"),
-            ("sum(redis_db_keys)", "keys"),
+            "Invalid registry records",
+            "ops",
+            (
+                f"sum by (router, source) "
+                f"(rate(router_registry_invalid_records_total{{{R}}}[{RATE}]))",
+                "{{router}} {{source}}",
+            ),
+            description="Worker records or events skipped as malformed (each logged once).",
+        )
+    )
+
+
+def _tenants(g: Layout) -> None:
+    g.row("Tenants and limits")
+    g.add(
+        timeseries(
+            "Tokens per project",
+            "short",
+            (
+                f"sum by (project, kind) (rate(router_tokens_total{{{R}}}[{RATE}]))",
+                "{{project}} {{kind}}",
+            ),
+            description="Tokens per second as metered for keyed requests, cut streams included.",
+            stack=True,
+        )
+    )
+    g.add(
+        timeseries(
+            "Relay bounds and settle errors",
+            "ops",
+            (
+                f"sum by (limit) (rate(router_relay_limits_total{{{R}}}[{RATE}]))",
+                "cut: {{limit}}",
+            ),
+            (f"sum(rate(router_settle_errors_total{{{R}}}[{RATE}]))", "settle errors"),
+            description="Answers cut at a bound (frame, body, duration); usage not recorded.",
         )
     )
 
@@ -405,6 +442,7 @@ def build() -> dict[str, Any]:
     _per_model(g)
     _per_worker(g)
     _registry(g)
+    _tenants(g)
     _capacity(g)
     return {
         "uid": UID,

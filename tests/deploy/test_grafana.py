@@ -21,6 +21,7 @@ ROWS = {
     "Per model",
     "Per worker",
     "Registry and Redis",
+    "Tenants and limits",
     "Capacity",
 }
 

@@ -41,16 +41,10 @@ VICTIM = "victim-model"  # served by a worker that one test kills
 TOKENS_PER_S = "20"
 PROMPT = "hello there"
 PROMPT_TOKENS = 2 + 4  # the fake engine: words, plus 4 per message
-# A router whose every bound is short, so a slot it leaks lasts seconds: the lease is queue
-# 1 s + 1 attempt x first byte 1 s + 2 x read 1 s + stream 2 s, + 1 s (router.access).
-SHORT_ROUTER = (
-    "--queue-timeout-s", "1",
-    "--max-attempts", "1",
-    "--first-token-timeout-s", "1",
-    "--read-timeout-s", "1",
-    "--max-stream-s", "2",
-)  # fmt: skip
-SHORT_LEASE_S = 7.0
+# A router whose concurrency leases last 3 s: a slot it leaks is free again within seconds, while
+# a live stream of it outlives many leases (it renews them).
+SHORT_LEASE_S = 3.0
+SHORT_ROUTER = ("--concurrency-lease-s", str(SHORT_LEASE_S))
 _names = itertools.count()
 
 
@@ -262,6 +256,21 @@ async def test_a_router_killed_mid_stream_frees_its_slot_when_the_lease_ends(
     print(f"a killed router's slot came back after {freed_after:.1f} s (lease {SHORT_LEASE_S} s)")
     assert status == 200, "the slot leaked past its lease"
     assert freed_after >= SHORT_LEASE_S - 1.5  # held for its lease, not dropped early
+
+
+async def test_a_live_stream_keeps_its_slot_past_many_leases(
+    stack: Stack, session: ClientSession
+) -> None:
+    key = await stack.new_key(max_concurrent=1)
+    short = router_process(stack.tmp, stack.redis.url, "renewing", SHORT_ROUTER, auth=True)
+    with running(short):
+        await asyncio.to_thread(wait_until, lambda: router_sees(short.url, 1), 10, "worker")
+        stream = await open_stream(session, short.url, key)  # 200 tokens at 20/s: 10 s
+        await asyncio.sleep(2.5 * SHORT_LEASE_S)
+        status, payload = await post_status(session, stack.router.url, key)
+        assert status == 429, "a renewed lease must still hold the live stream's slot"
+        assert payload["error"]["code"] == "concurrency_limit_exceeded"
+        stream.close()
 
 
 async def test_counters_per_key_and_project_match_what_the_client_saw(

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from contract.options import ConfigError
-from worker.auth import SECRET_ENV, RefusalLog, load_secret, secret_file
+from worker.auth import RefusalLog
 from worker.config import load_config
 
 from .conftest import MODEL, StartWorker
@@ -24,32 +23,6 @@ def hello() -> dict[str, object]:
 
 def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
-
-
-def test_the_secret_comes_from_its_file_else_the_environment(tmp_path: Path) -> None:
-    path = tmp_path / "secret"
-    path.write_text(SECRET + "\n")
-    assert load_secret(str(path), {SECRET_ENV: "other"}) == SECRET  # the file wins
-    assert load_secret(None, {SECRET_ENV: f" {SECRET} "}) == SECRET
-    assert load_secret(None, {}) is None
-    assert load_secret(None, {SECRET_ENV: ""}) is None
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [("\n", "is empty"), ("two words", "printable ASCII"), ("caf\u00e9", "printable ASCII")],
-)
-def test_a_secret_unfit_for_a_header_is_refused(tmp_path: Path, content: str, message: str) -> None:
-    path = tmp_path / "secret"
-    path.write_text(content)
-    with pytest.raises(ConfigError, match=message):
-        load_secret(str(path), {})
-
-
-def test_the_file_option_never_quotes_what_it_was_given() -> None:
-    with pytest.raises(ConfigError) as caught:
-        secret_file(SECRET)  # someone passed the secret itself
-    assert SECRET not in str(caught.value)
 
 
 def test_the_config_holds_the_path_never_the_secret(tmp_path: Path) -> None:
