@@ -7,13 +7,13 @@ which projects or endpoints exist; a key used on another project's URL gets that
 
 Metering: a request made with a key is admitted (`admit`) and, however it ends, settled once
 (`settle`); requests without a key (auth off) are not metered at all. Admission takes, in one
-rate-limit script call (router.ratelimit), a request against the key's RPM, a reservation against its
-TPM and a concurrency slot, each only if the key has that limit. The reservation is the request's
-worst case: its prompt estimated from the body (router.exchange) plus its length bound (max_tokens
-times n, else --reserve-max-tokens per choice), capped at the key's whole TPM so a big request
-waits for a full bucket instead of being refused forever. The slot is a short lease that this
-router renews while the request lives (router.leases), so a router that dies mid-request frees it
-within `--concurrency-lease-s`. Settling charges what the relay metered
+rate-limit script call (router.ratelimit), a request against the key's RPM, a reservation against
+its TPM and a concurrency slot, each only if the key has that limit. The reservation is the
+request's worst case: its prompt estimated from the body (router.exchange) plus its length bound
+(max_tokens times n, else --reserve-max-tokens per choice), capped at the key's whole TPM so a big
+request waits for a full bucket instead of being refused forever. The slot is a short lease that
+this router renews while the request lives (router.leases), so a router that dies mid-request frees
+it within `--concurrency-lease-s`. Settling charges what the relay metered
 (router.exchange.TokenMeter: the exact usage when the worker sent it, else the prompt and the
 frames relayed), frees the slot and adds the tokens to the key's and project's counters, in Redis
 and in the router's metrics; it runs shielded from the client's cancellation and off the answer's
