@@ -1,8 +1,9 @@
-"""The secret routers and workers share: read from a file or the environment, never a flag.
+"""Secrets read from a file or the environment, never a flag.
 
-A command line is readable by every local user (`ps`), so the secret has no flag of its own:
-`--worker-secret-file PATH` names a file holding it, else XERO_WORKER_SECRET holds it. Both sides
-read it the same way, once at startup; the value is never quoted back in an error.
+A command line is readable by every local user (`ps`), so a secret has no flag of its own:
+`--worker-secret-file PATH` names a file holding the secret routers and workers share, else
+XERO_WORKER_SECRET holds it; the router's admin key is read the same way (`--admin-key-file`,
+XERO_ADMIN_KEY). Each is read once at startup; the value is never quoted back in an error.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Final
 from contract.options import ConfigError
 
 SECRET_ENV: Final = "XERO_WORKER_SECRET"
+WORKER_SECRET: Final = "the worker secret"
+ADMIN_KEY_ENV: Final = "XERO_ADMIN_KEY"
 
 
 def secret_file(text: str) -> str:
@@ -25,21 +28,28 @@ def secret_file(text: str) -> str:
     return path
 
 
-def load_secret(path: str | None, environ: Mapping[str, str]) -> str | None:
-    """The secret: the file's content without surrounding whitespace, else $XERO_WORKER_SECRET,
-    else None. Raises ConfigError for an unreadable file or a secret unfit for a header."""
+def load_secret(
+    path: str | None,
+    environ: Mapping[str, str],
+    *,
+    env: str = SECRET_ENV,
+    what: str = WORKER_SECRET,
+) -> str | None:
+    """The secret: the file's content without surrounding whitespace, else $`env` (by default
+    XERO_WORKER_SECRET), else None. Raises ConfigError, naming `what`, for an unreadable file or
+    a secret unfit for a header."""
     if path is not None:
         try:
             with open(path, encoding="utf-8") as f:
                 secret = f.read().strip()
         except OSError as exc:
-            raise ConfigError(f"cannot read the worker secret file: {exc.strerror}") from None
+            raise ConfigError(f"cannot read {what} file: {exc.strerror}") from None
         except UnicodeDecodeError:
-            raise ConfigError("the worker secret file is not UTF-8 text") from None
-        source = "the worker secret file"
+            raise ConfigError(f"{what} file is not UTF-8 text") from None
+        source = f"{what} file"
     else:
-        secret = environ.get(SECRET_ENV, "").strip()
-        source = SECRET_ENV
+        secret = environ.get(env, "").strip()
+        source = env
     if not secret:
         if path is not None:
             raise ConfigError(f"{source} is empty")

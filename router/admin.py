@@ -49,9 +49,8 @@ from redis.exceptions import RedisError
 
 from contract.errors import ApiError
 from contract.keyspace import Keyspace
-from contract.registry import now_ms
 from router import demo, tenant_admin
-from router.tenants import KeyRecord, list_endpoints
+from router.tenants import list_endpoints
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DURATION_RE = re.compile(r"(\d+)([smhd]?)")
@@ -81,10 +80,6 @@ def _keyspace(text: str) -> Keyspace:
         return Keyspace(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _key_dict(record: KeyRecord) -> dict[str, Any]:
-    return {**record.to_dict(), "status": record.status(now_ms())}
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -124,7 +119,6 @@ async def _endpoint_delete(redis: Redis[Any], args: argparse.Namespace) -> Resul
 
 
 async def _key_create(redis: Redis[Any], args: argparse.Namespace) -> Result:
-    expires_ms = None if args.expires_in is None else now_ms() + args.expires_in * 1000
     new = await tenant_admin.create_key(
         redis,
         args.project_id,
@@ -132,21 +126,19 @@ async def _key_create(redis: Redis[Any], args: argparse.Namespace) -> Result:
         rpm=args.rpm,
         tpm=args.tpm,
         max_concurrent=args.max_concurrent,
-        expires_ms=expires_ms,
+        expires_ms=tenant_admin.expiry_ms(args.expires_in),
         keyspace=args.keyspace,
     )
-    return {"key": new.key, **_key_dict(new.record)}
+    return tenant_admin.new_key_view(new)
 
 
 async def _key_list(redis: Redis[Any], args: argparse.Namespace) -> Result:
-    keys = await tenant_admin.list_keys(redis, args.project_id, keyspace=args.keyspace)
-    used = await tenant_admin.usage(redis, args.project_id, keyspace=args.keyspace)
-    by_id = {counts.pop("key_id"): counts for counts in used["keys"]}
-    return [{**_key_dict(k), **by_id.get(k.key_id, {})} for k in keys]
+    return await tenant_admin.keys_with_usage(redis, args.project_id, keyspace=args.keyspace)
 
 
 async def _key_revoke(redis: Redis[Any], args: argparse.Namespace) -> Result:
-    return _key_dict(await tenant_admin.revoke_key(redis, args.key_id, keyspace=args.keyspace))
+    record = await tenant_admin.revoke_key(redis, args.key_id, keyspace=args.keyspace)
+    return tenant_admin.key_view(record)
 
 
 async def _key_delete(redis: Redis[Any], args: argparse.Namespace) -> Result:

@@ -1,8 +1,11 @@
 """What the admin tools do to tenancy: create, list and delete projects, endpoints and keys.
 
-Routers never call these (they only read, see router.tenants); `python -m router admin` does.
-Names and records are those of router.tenants; every function takes the deployment's keyspace
-(`--redis-prefix`), the empty prefix by default.
+Routers never call these on the request path (they only read, see router.tenants); the admin
+CLI (router.admin) and the admin HTTP API (router.admin_api) do, and both render what these
+return, so they validate alike and fail alike: bad input raises Invalid (400), a taken name
+AlreadyExists (409), an unknown id contract.errors.NotFound (404). Invalid and AlreadyExists are
+also ValueErrors. Names and records are those of router.tenants; every function takes the
+deployment's keyspace (`--redis-prefix`), the empty prefix by default.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import string
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from contract.errors import NotFound
+from contract.errors import ApiError, InvalidRequest, NotFound
 from contract.keyspace import DEFAULT_KEYSPACE, Keyspace
 from contract.registry import now_ms
 from router.tenants import (
@@ -56,13 +59,21 @@ return 1
 """
 
 
-class AlreadyExists(ValueError):
+class Invalid(InvalidRequest, ValueError):
+    """A value the admin tools refuse; `param` names the field."""
+
+
+class AlreadyExists(ApiError, ValueError):
     """An endpoint name already taken in its project."""
+
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"
 
 
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+        raise Invalid(f"{name} must be >= 1, got {value}", param=name)
 
 
 async def _key_ids(redis: Redis[Any], project_id: str, keyspace: Keyspace) -> list[str]:
@@ -77,10 +88,12 @@ async def create_project(
 ) -> Project:
     name = name.strip()
     if not 0 < len(name) <= 200:
-        raise ValueError("project name must be 1 to 200 characters")
+        raise Invalid("project name must be 1 to 200 characters", param="name")
     slug = slugify(name) if slug is None else slug
     if not SLUG_RE.fullmatch(slug):
-        raise ValueError("slug must be 1 to 32 of a-z, 0-9 and '-', not starting or ending in '-'")
+        raise Invalid(
+            "slug must be 1 to 32 of a-z, 0-9 and '-', not starting or ending in '-'", param="slug"
+        )
     alphabet = string.ascii_uppercase + string.digits
     for _ in range(5):  # 36**10 ids: a collision is all but impossible, but never overwrite
         project_id = "proj_" + "".join(secrets.choice(alphabet) for _ in range(10))
@@ -128,14 +141,20 @@ async def create_endpoint(
 ) -> Endpoint:
     project = await get_project(redis, project_id, keyspace=keyspace)
     if not ENDPOINT_RE.fullmatch(name):
-        raise ValueError("endpoint name must be a DNS label: 1 to 63 of a-z, 0-9 and '-'")
+        raise Invalid(
+            "endpoint name must be a DNS label: 1 to 63 of a-z, 0-9 and '-'", param="name"
+        )
     served = tuple(dict.fromkeys(m.strip() for m in models))  # ordered, without duplicates
     if not served or any(not 0 < len(m) <= 256 for m in served):
-        raise ValueError("an endpoint needs one or more model ids of 1 to 256 characters")
+        raise Invalid(
+            "an endpoint needs one or more model ids of 1 to 256 characters", param="models"
+        )
     endpoint = Endpoint(project.project_id, name, served, now_ms())
     key = project_endpoints_key(keyspace, project.project_id)
     if not await redis.hsetnx(key, name, endpoint.encode()):
-        raise AlreadyExists(f"endpoint `{name}` already exists in {project.project_id}")
+        raise AlreadyExists(
+            f"endpoint `{name}` already exists in {project.project_id}", param="name"
+        )
     return endpoint
 
 
@@ -176,7 +195,7 @@ async def create_key(
     _positive("max_concurrent", max_concurrent)
     created = now_ms()
     if expires_ms is not None and expires_ms <= created:
-        raise ValueError("expiry must be in the future")
+        raise Invalid("expiry must be in the future", param="expires_ms")
     project = await get_project(redis, project_id, keyspace=keyspace)
     key = generate_key(project.slug)
     digest = hash_key(key)
@@ -279,3 +298,42 @@ async def usage(redis: Redis[Any], project_id: str, *, keyspace: Keyspace = KS) 
             for key_id, raw in zip(key_ids, keys_raw, strict=True)
         ],
     }
+
+
+async def key_usage(redis: Redis[Any], key_id: str, *, keyspace: Keyspace = KS) -> dict[str, Any]:
+    """One key's tokens; NotFound once the key is deleted (its tokens stay in the project's)."""
+    record = await get_key(redis, key_id, keyspace=keyspace)
+    raw = await redis.hgetall(key_usage_key(keyspace, record.key_id))
+    return {"key_id": record.key_id, "project_id": record.project_id, **_counts(raw)}
+
+
+# --- what the CLI prints and the API answers -------------------------------------------------
+
+
+def key_view(record: KeyRecord) -> dict[str, Any]:
+    """A key's metadata and its status now; never its secret or its hash."""
+    return {**record.to_dict(), "status": record.status(now_ms())}
+
+
+def new_key_view(new: NewKey) -> dict[str, Any]:
+    """The one answer that holds the clear key."""
+    return {"key": new.key, **key_view(new.record)}
+
+
+def expiry_ms(expires_in_s: int | None) -> int | None:
+    """The unix ms a key made now with this lifetime expires at (None: never)."""
+    if expires_in_s is None:
+        return None
+    _positive("expires_in_s", expires_in_s)
+    return now_ms() + expires_in_s * 1000
+
+
+async def keys_with_usage(
+    redis: Redis[Any], project_id: str, *, keyspace: Keyspace = KS
+) -> list[dict[str, Any]]:
+    """A project's keys (key_view), each with the tokens it used."""
+    keys = await list_keys(redis, project_id, keyspace=keyspace)
+    used = await usage(redis, project_id, keyspace=keyspace)
+    by_id = {counts.pop("key_id"): counts for counts in used["keys"]}
+    zero = dict.fromkeys(USAGE_FIELDS, 0)  # a key made between the two reads
+    return [{**key_view(k), **by_id.get(k.key_id, zero)} for k in keys]
