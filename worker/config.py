@@ -17,39 +17,60 @@ from typing import Literal, get_args
 from urllib.parse import urlsplit
 
 from contract.keyspace import Keyspace, check_prefix
+from contract.logs import LogFormat
 from contract.options import ConfigError as ConfigError
 from contract.options import LogLevel, Options, check_one_of, member, meta
 from contract.registry import name_problem, url_problem
+from contract.tracing import check_endpoint
+from worker import models
 from worker.auth import SECRET_ENV, secret_file
+from worker.models import HubFile, is_hub_spec
 
 EngineKind = Literal["llama", "fake", "batched"]
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 PKG_PREFIX = "pkg:"
 
 
-def resolve_model_path(spec: str) -> str:
-    """A file path, or `pkg:<package>/<file>` inside an installed package.
-
-    The package is located without importing it: some model packages import optional
-    dependencies at import time.
+def resolve_model_path(
+    spec: str, cache_dir: str | None = None, environ: Mapping[str, str] = os.environ
+) -> str:
+    """A GGUF file, a directory holding exactly one, `pkg:<package>/<file>` inside an installed
+    package, or `hf:ORG/REPO/FILE.gguf[@REVISION]` fetched into `cache_dir` (worker.models).
     """
-    if spec.startswith(PKG_PREFIX):
-        package, _, name = spec[len(PKG_PREFIX) :].partition("/")
-        if not package or not name:
-            raise ConfigError(f"expected pkg:<package>/<file>, got {spec!r}")
-        try:
-            found = importlib.util.find_spec(package)
-        except (ImportError, ValueError):
-            found = None
-        locations = list(found.submodule_search_locations or []) if found else []
-        if not locations:
-            raise ConfigError(f"package {package!r} is not installed")
-        path = os.path.join(locations[0], name)
-    else:
-        path = os.path.expanduser(spec)
-    if not os.path.isfile(path):
-        raise ConfigError(f"no such file: {path}")
-    return os.path.abspath(path)
+    try:
+        if is_hub_spec(spec):
+            return models.fetch(HubFile.parse(spec), cache_dir, offline=models.offline(environ))
+        return models.local_model(_package_file(spec) if spec.startswith(PKG_PREFIX) else spec)
+    except models.ModelError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _model_spec(spec: str) -> str:
+    """The --model-path parser: a local spec resolves now; a hub spec is only checked here and
+    fetched once the cache directory is known (WorkerConfig.__post_init__)."""
+    if not is_hub_spec(spec):
+        return resolve_model_path(spec)
+    try:
+        HubFile.parse(spec)
+    except models.ModelError as exc:
+        raise ConfigError(str(exc)) from None
+    return spec
+
+
+def _package_file(spec: str) -> str:
+    """The file `pkg:<package>/<file>` names. The package is located without importing it: some
+    model packages import optional dependencies at import time."""
+    package, _, name = spec[len(PKG_PREFIX) :].partition("/")
+    if not package or not name:
+        raise ConfigError(f"expected pkg:<package>/<file>, got {spec!r}")
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        found = None
+    locations = list(found.submodule_search_locations or []) if found else []
+    if not locations:
+        raise ConfigError(f"package {package!r} is not installed")
+    return os.path.join(locations[0], name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +86,17 @@ class WorkerConfig:
     model_path: str | None = field(
         default=None,
         metadata=meta(
-            "GGUF file, or pkg:<package>/<file>; only the fake engine needs none",
-            parse=resolve_model_path,
+            "GGUF file, directory holding one, pkg:<package>/<file> or "
+            "hf:ORG/REPO/FILE.gguf[@REVISION]; only the fake engine needs none",
+            parse=_model_spec,
             metavar="PATH",
+        ),
+    )
+    model_cache_dir: str | None = field(
+        default=None,
+        metadata=meta(
+            "cache of hf: models (HF_HUB_OFFLINE=1: never download); unset: the hub's default",
+            metavar="DIR",
         ),
     )
     engine: EngineKind = field(
@@ -127,6 +156,17 @@ class WorkerConfig:
         metadata=meta("fake engine: fail for good after this many tokens (tests); 0: never"),
     )
     log_level: LogLevel = field(default=LogLevel.INFO, metadata=meta("log level"))
+    log_format: LogFormat = field(
+        default=LogFormat.TEXT,
+        metadata=meta("text (for a terminal) or json (one object a line, one line a request)"),
+    )
+    otlp_endpoint: str | None = field(
+        default=None,
+        metadata=meta(
+            "send OpenTelemetry traces to this OTLP/HTTP URL (the otel extra); unset: off",
+            metavar="URL",
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check(bool(self.model_id), "model_id is required")
@@ -164,6 +204,8 @@ class WorkerConfig:
         _check(self.drain_timeout_s >= 0, "drain_timeout_s: expected >= 0")
         _check(self.fake_ttft_ms >= 0, "fake_ttft_ms: expected >= 0")
         object.__setattr__(self, "log_level", member("log_level", self.log_level, LogLevel))
+        object.__setattr__(self, "log_format", member("log_format", self.log_format, LogFormat))
+        check_endpoint(self.otlp_endpoint)
         self._derive_defaults()
         # What routers would reject when they read this worker's record.
         for problem in (
@@ -172,6 +214,13 @@ class WorkerConfig:
             url_problem(self.advertise_url, "advertise_url"),
         ):
             _check(problem is None, problem or "")
+        if self.model_path is not None and is_hub_spec(self.model_path):
+            # Last, once the cheap checks passed; before the event loop (worker.models).
+            try:
+                path = resolve_model_path(self.model_path, self.model_cache_dir)
+            except ConfigError as exc:
+                raise ConfigError(f"model_path: {exc}") from None
+            object.__setattr__(self, "model_path", path)
 
     def _derive_defaults(self) -> None:
         # A frozen dataclass can only fill these in after __init__.

