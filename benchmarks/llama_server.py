@@ -7,7 +7,10 @@
 `cmake -B build -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=ON && cmake --build build --target
 llama-server`. Both servers get the same slot count and context per slot, the same streamed,
 greedy chat requests (benchmarks.batched's prompts and closed loop), levels interleaved: ours,
-theirs, at each concurrency. Writes benchmarks/results/llama_server_cpu.{json,md}.
+theirs, at each concurrency. A failed request (an error status, a connection the server closed,
+a stream without its end) is counted in the level's `errors` by kind, never dropped or fatal:
+throughput counts the tokens of answered requests only. Writes
+benchmarks/results/llama_server_cpu.{json,md}.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.batched.loop import HTTP_MODEL_ID, Level, closed_loop
+from benchmarks.batched.loop import HTTP_MODEL_ID, SUBJECTS, Level, Request, closed_loop
 from benchmarks.batched.over_http import http_request
 from benchmarks.batched.report import git_revision, machine_info
 from benchmarks.flags import option, params_from, scenario_parser
@@ -48,12 +53,55 @@ class Params:
     out: str = field(default="benchmarks/results", metadata=option())
 
 
-async def _levels(url: str, args: Params, concurrency: int) -> Level:
+async def counted_loop(request: Request, concurrency: int, rounds: int) -> dict[str, Any]:
+    """benchmarks.batched's closed loop, with failed requests counted by kind (`errors`,
+    `error_kinds`) rather than ending the run; TTFTs and tokens are the answered requests'."""
+    ttfts: list[float] = []
+    tokens = 0
+    errors: Counter[str] = Counter()
+
+    async def client(i: int) -> None:
+        nonlocal tokens
+        for r in range(rounds):
+            subject = SUBJECTS[(i + r * concurrency) % len(SUBJECTS)]
+            try:
+                completion_tokens, ttft_s = await request(subject)
+            except RuntimeError as exc:  # benchmarks.batched.over_http: status and error
+                errors[str(exc).rpartition(": ")[2] or "error"] += 1
+                continue
+            tokens += completion_tokens
+            ttfts.append(ttft_s)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    wall_s = time.perf_counter() - started
+    level = asdict(Level.of(concurrency, tokens, wall_s, ttfts or [float("nan")]))
+    level["requests"] = len(ttfts) + sum(errors.values())
+    return {**level, "errors": sum(errors.values()), "error_kinds": dict(errors)}
+
+
+async def counted_levels(
+    url: str, max_tokens: int, rounds: int, concurrency: Sequence[int], warm: int
+) -> list[dict[str, Any]]:
+    """Each concurrency level against `url` (a chat completions URL), after `warm` requests."""
+    timeout = aiohttp.ClientTimeout(total=600)
+    connector = aiohttp.TCPConnector(limit=max(concurrency))
+    levels: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        await closed_loop(http_request(session, url, WARM_UP_TOKENS), warm, 1)
+        request = http_request(session, url, max_tokens)
+        for c in concurrency:
+            levels.append(await counted_loop(request, c, rounds))
+            print(f"{url} C={c:2}: {levels[-1]}", file=sys.stderr, flush=True)
+    return levels
+
+
+async def _levels(url: str, args: Params, concurrency: int) -> dict[str, Any]:
     timeout = aiohttp.ClientTimeout(total=600)
     connector = aiohttp.TCPConnector(limit=max(args.concurrency))
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         request = http_request(session, url + "/v1/chat/completions", args.max_tokens)
-        return await closed_loop(request, concurrency, args.rounds)
+        return await counted_loop(request, concurrency, args.rounds)
 
 
 async def _warm(url: str, slots: int) -> None:
@@ -62,7 +110,7 @@ async def _warm(url: str, slots: int) -> None:
         await closed_loop(request, slots, 1)
 
 
-async def run(args: Params) -> dict[str, list[Level]]:
+async def run(args: Params) -> dict[str, list[dict[str, Any]]]:
     model = resolve_model_path(args.model)
     worker_args = (
         "--engine", "batched", "--slots", str(args.slots), "--model-path", model,
@@ -76,7 +124,7 @@ async def run(args: Params) -> dict[str, list[Level]]:
         "-np", str(args.slots), "-c", str(args.n_ctx * args.slots), "-t", str(args.threads),
         "--no-webui",
     ]  # fmt: skip
-    results: dict[str, list[Level]] = {"ours": [], "llama-server": []}
+    results: dict[str, list[dict[str, Any]]] = {"ours": [], "llama-server": []}
     server = HttpService("llama-server", server_cmd, stack.log_dir / "llama-server.log", port)
     try:
         await stack.start_redis()
@@ -109,17 +157,28 @@ def render(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`.",
         "",
         "| C | Ours tokens/s | llama-server tokens/s | **Ours / llama-server** | Ours TTFT | "
-        "llama-server TTFT |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "llama-server TTFT | Ours errors | llama-server errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for ours, theirs in zip(report["ours"], report["llama-server"], strict=True):
         ratio = ours["tokens_per_s"] / theirs["tokens_per_s"] if theirs["tokens_per_s"] else 0
         lines.append(
             f"| {ours['concurrency']} | {ours['tokens_per_s']:,.1f} | "
             f"{theirs['tokens_per_s']:,.1f} | **{ratio:.2f}x** | {ours['ttft_mean_ms']:.0f} ms | "
-            f"{theirs['ttft_mean_ms']:.0f} ms |"
+            f"{theirs['ttft_mean_ms']:.0f} ms | {ours.get('errors', 0)} | "
+            f"{theirs.get('errors', 0)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def report_head(prog: str, machine: dict[str, Any]) -> dict[str, Any]:
+    """What every comparison report starts with: how it was run, when, where."""
+    return {
+        "command": prog + " " + " ".join(sys.argv[1:] or []),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_revision": git_revision(),
+        "machine": machine,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,16 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_info(0)
     results = asyncio.run(run(args))
     report: dict[str, Any] = {
-        "command": "python -m benchmarks.llama_server " + " ".join(sys.argv[1:] or []),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_revision": git_revision(),
-        "machine": machine,
+        **report_head("python -m benchmarks.llama_server", machine),
         "slots": args.slots,
         "threads": args.threads,
         "n_ctx": args.n_ctx,
         "max_tokens": args.max_tokens,
-        "ours": [asdict(level) for level in results["ours"]],
-        "llama-server": [asdict(level) for level in results["llama-server"]],
+        "ours": results["ours"],
+        "llama-server": results["llama-server"],
     }
     out = Path(args.out)
     (out / "llama_server_cpu.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -117,6 +117,14 @@ class WorkerState(enum.StrEnum):
     DRAINING = "draining"
 
 
+class WorkerApi(enum.StrEnum):
+    """What speaks at a worker's URL: our worker (usage trailer, X-Prompt-Tokens) or any other
+    OpenAI-compatible server behind a registrar (worker.agent), e.g. llama.cpp's llama-server."""
+
+    XERO = "xero"
+    OPENAI = "openai"
+
+
 class EventType(enum.StrEnum):
     JOIN = "join"
     LOAD = "load"
@@ -141,6 +149,7 @@ class WorkerRecord:
     device: str  # "cpu" or "gpu"
     started_ms: int
     heartbeat_ms: int
+    api: WorkerApi = WorkerApi.XERO  # records written before this field read as "xero"
     version: int = SCHEMA_VERSION
 
     @property
@@ -178,6 +187,8 @@ class WorkerRecord:
         for field in ("started_ms", "heartbeat_ms"):
             if not 0 <= getattr(self, field) <= MAX_MS:
                 return f"{field}: expected 0..{MAX_MS}"
+        if not isinstance(self.api, WorkerApi):
+            return "api: unknown"
         if self.version != SCHEMA_VERSION:
             return f"version: this reader knows schema {SCHEMA_VERSION} only"
         return None
@@ -199,6 +210,7 @@ class WorkerRecord:
             device=fields.text("device"),
             started_ms=fields.integer("started_ms"),
             heartbeat_ms=fields.integer("heartbeat_ms"),
+            api=fields.api(),
             version=fields.integer("version", SCHEMA_VERSION),
         ).validate()
 
@@ -239,6 +251,14 @@ class _Fields:
             return WorkerState(self.text("state"))
         except ValueError:
             raise InvalidRecord("state: unknown", self.worker_id) from None
+
+    def api(self) -> WorkerApi:
+        if "api" not in self._raw:
+            return WorkerApi.XERO
+        try:
+            return WorkerApi(self.text("api"))
+        except ValueError:
+            raise InvalidRecord("api: unknown", self.worker_id) from None
 
 
 def _text(value: Any) -> str | None:

@@ -21,7 +21,7 @@ from typing import Final
 
 from yarl import URL
 
-from contract.registry import WorkerRecord
+from contract.registry import WorkerApi, WorkerRecord
 from router.breaker import Breaker
 
 FAILED_PENALTY: Final = 1_000_000
@@ -54,6 +54,7 @@ class Upstream:
         "_started",
         "breaker",
         "in_flight",
+        "openai",
         "record",
         "seen_at",
         "slots",
@@ -66,6 +67,8 @@ class Upstream:
         self.record = record
         self.seen_at = seen_at  # the view's clock, when it last saw the heartbeat advance
         self.urls = worker_urls(record.url)  # parsed once, not per request
+        # A stock OpenAI server (worker.agent): no usage trailer, so the relay asks for usage.
+        self.openai = record.api is WorkerApi.OPENAI
         self.breaker = Breaker()
         self.slots = max(1, record.slots)
         self._reported = max(0, record.queue_depth)
@@ -92,6 +95,7 @@ class Upstream:
         self.slots = max(1, record.slots)
         if record.url != old.url:
             self.urls = worker_urls(record.url)
+        self.openai = record.api is WorkerApi.OPENAI
         if record.url != old.url or record.started_ms != old.started_ms:
             self.breaker = Breaker()  # another process now: judge it afresh
         if reported:

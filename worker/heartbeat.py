@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 
 from contract.registry import (
     EventType,
+    WorkerApi,
     WorkerRecord,
     WorkerState,
     now_ms,
@@ -39,7 +40,6 @@ from contract.registry import (
 )
 from contract.registry import remove_worker as registry_remove_worker
 from worker.config import WorkerConfig
-from worker.engine import Engine
 from worker.slots import SlotQueue
 
 logger = logging.getLogger(__name__)
@@ -52,8 +52,16 @@ REDIS_TIMEOUT_S = 2.0  # every Redis call is bounded; a hung Redis must not hang
 
 class Heartbeat:
     def __init__(
-        self, redis: Redis[Any], config: WorkerConfig, engine: Engine, slots: SlotQueue
+        self,
+        redis: Redis[Any],
+        config: WorkerConfig,
+        slots: SlotQueue,
+        *,
+        device: str,
+        api: WorkerApi = WorkerApi.XERO,
     ) -> None:
+        """`device` and `api` say what serves at the advertised URL: our engine, or a stock
+        server that worker.agent registers (api OPENAI)."""
         self._redis = redis
         self._config = config
         self._slots = slots
@@ -66,9 +74,10 @@ class Heartbeat:
             running=0,
             waiting=0,
             max_queue=slots.max_queue,
-            device=engine.device,
+            device=device,
             started_ms=now_ms(),
             heartbeat_ms=now_ms(),
+            api=api,
         )
         self._registered = False
         self._stopping = asyncio.Event()
