@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from importlib import metadata
 from typing import Final
 
 # Seconds; covers a fake engine's milliseconds up to a slow CPU model's minutes.
@@ -36,3 +37,14 @@ def status_class(status: int | None) -> StatusClass:
     if not status:
         return StatusClass.CANCELLED
     return _BY_HUNDREDS.get(status // 100, StatusClass.SERVER_ERROR)
+
+
+DISTRIBUTION: Final = "xero-router"  # this project's package, as pyproject.toml names it
+
+
+def version_of(distribution: str) -> str:
+    """An installed distribution's version for the build_info metrics; "none" if absent."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "none"

@@ -112,6 +112,11 @@ class BatchedLlamaEngine:
         """Set when the step loop dies; the engine then refuses every stream."""
         return self._failure
 
+    def kv_cells(self) -> tuple[int, int] | None:
+        """(cells in use, cells in all), across the slots (StepLoop.kv_cells_used)."""
+        steps, layout = self._steps, self._layout
+        return None if steps is None else (steps.kv_cells_used(), layout.n_ctx * layout.slots)
+
     @property
     def device(self) -> str:
         gpu = self._n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()

@@ -108,6 +108,12 @@ class LlamaEngine:
     def failure(self) -> Failure:
         return self._failure
 
+    def kv_cells(self) -> tuple[int, int] | None:
+        """(cells in use, cells in all): the tokens its one context holds, the prompt cache
+        included. An int read, safe beside the inference thread (worker.metrics scrapes it)."""
+        llm = self._llm
+        return None if llm is None else (llm.n_tokens, self.n_ctx)
+
     async def load(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._load)

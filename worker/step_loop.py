@@ -122,6 +122,15 @@ class StepLoop:
         """Ask the loop to end (any thread); it fails whatever is still in flight."""
         self._incoming.put(None)
 
+    def kv_cells_used(self) -> int:
+        """Cells the slots hold: a busy one's prompt read so far and its tokens decoded (all
+        sampled but the last), a free one's prompt cache. Any thread: list lengths only, no
+        llama call, so a scrape may be one step behind."""
+        return sum(
+            len(cached) if seq is None else seq.fed + max(0, len(seq.generated) - 1)
+            for seq, cached in zip(self._by_id, self._cached, strict=True)
+        )
+
     def run(self) -> None:
         """The inference thread: until stopped, take requests in, step, hand out what came."""
         try:

@@ -5,12 +5,14 @@ Every expression filters on the template variables $model, $worker and $router (
 "All" = `.*`). Series and their labels: router_* from the routers (`router` is the replica, from
 the scrape config or the ServiceMonitor), worker_* from the workers (`worker`, `model` from the
 scrape), redis_* from the Redis exporter. Quantiles are computed from histogram buckets.
+Thresholds: red at an alert rule's bound (deploy/prometheus/alerts.yml), orange before it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from deploy.grafana import operations
 from deploy.grafana.panels import DS, RATE, Layout, M, R, W, quantiles, stat, timeseries
 
 UID = "xero-router"
@@ -73,7 +75,9 @@ def _overview(g: Layout) -> None:
                 f"(rate({requests}[{RATE}]))) / sum by (model) (rate({requests}[{RATE}]))",
                 "{{model}}",
             ),
-            description="Zero, not empty, while no request failed.",
+            description="Zero, not empty, while no request failed (alert at 5%).",
+            warn=0.01,
+            alert=0.05,
         )
     )
     g.add(stat("Router replicas up", "none", f'count(up{{job="router", {R}}} == 1)'), w=4)
@@ -140,7 +144,9 @@ def _latency(g: Layout) -> None:
             "Time to first token (streams)",
             "s",
             *quantiles("router_time_to_first_byte_seconds", f'stream="true", {M}, {R}', "model"),
-            description="Arrival at the router to the first SSE event relayed.",
+            description="Arrival at the router to the first SSE event relayed (alert: p99 > 2 s).",
+            warn=1,
+            alert=2,
         )
     )
     g.add(
@@ -165,14 +171,6 @@ def _latency(g: Layout) -> None:
             "s",
             *quantiles("router_overhead_seconds", R),
             description="Arrival to the upstream request sent: parsing, auth, worker choice.",
-        )
-    )
-    g.add(
-        timeseries(
-            "Queue wait: router admission",
-            "s",
-            *quantiles("router_queue_wait_seconds", R),
-            description="Wait for capacity in the router's admission queue.",
         )
     )
     g.add(
@@ -318,132 +316,17 @@ def _per_worker(g: Layout) -> None:
     )
 
 
-def _registry(g: Layout) -> None:
-    g.row("Registry and Redis")
-    g.add(
-        timeseries(
-            "Registry view by router",
-            "none",
-            (
-                f"sum by (router, state) (router_registry_workers{{{M}, {R}}})",
-                "{{router}} {{state}}",
-            ),
-        )
-    )
-    g.add(
-        timeseries(
-            "Registry staleness",
-            "s",
-            (f"max by (router) (router_registry_staleness_seconds{{{R}}})", "{{router}}"),
-            description="Since each router's last successful full read (alert at 10 s).",
-        )
-    )
-    g.add(
-        timeseries(
-            "Registry errors",
-            "ops",
-            (
-                f"sum by (router, op) (rate(router_registry_errors_total{{{R}}}[{RATE}]))",
-                "{{router}} {{op}}",
-            ),
-        )
-    )
-    g.add(stat("Redis up", "none", "min(redis_up)"), w=4)
-    g.add(stat("Redis clients", "none", "sum(redis_connected_clients)"), w=4)
-    g.add(
-        timeseries(
-            "Redis commands per second",
-            "ops",
-            (f"sum(rate(redis_commands_processed_total[{RATE}]))", "commands"),
-        )
-    )
-    g.add(
-        timeseries("Redis memory", "bytes", ("sum(redis_memory_used_bytes)", "memory used")),
-        w=4,
-    )
-    g.add(timeseries("Redis keys", "none", ("sum(redis_db_keys)", "keys")), w=4)
-    g.add(
-        timeseries(
-            "Invalid registry records",
-            "ops",
-            (
-                f"sum by (router, source) "
-                f"(rate(router_registry_invalid_records_total{{{R}}}[{RATE}]))",
-                "{{router}} {{source}}",
-            ),
-            description="Worker records or events skipped as malformed (each logged once).",
-        )
-    )
-
-
-def _tenants(g: Layout) -> None:
-    g.row("Tenants and limits")
-    g.add(
-        timeseries(
-            "Tokens per project",
-            "short",
-            (
-                f"sum by (project, kind) (rate(router_tokens_total{{{R}}}[{RATE}]))",
-                "{{project}} {{kind}}",
-            ),
-            description="Tokens per second as metered for keyed requests, cut streams included.",
-            stack=True,
-        )
-    )
-    g.add(
-        timeseries(
-            "Relay bounds and settle errors",
-            "ops",
-            (
-                f"sum by (limit) (rate(router_relay_limits_total{{{R}}}[{RATE}]))",
-                "cut: {{limit}}",
-            ),
-            (f"sum(rate(router_settle_errors_total{{{R}}}[{RATE}]))", "settle errors"),
-            description="Answers cut at a bound (frame, body, duration); usage not recorded.",
-        )
-    )
-
-
-def _capacity(g: Layout) -> None:
-    g.row("Capacity")
-    g.add(
-        timeseries(
-            "Busy per worker (running / workers)",
-            "none",
-            (
-                f"sum by (model) (worker_requests_running{{{M}, {W}}}) "
-                f"/ count by (model) (worker_requests_running{{{M}, {W}}})",
-                "{{model}}",
-            ),
-            description="With one slot per worker this is the slot utilisation.",
-        )
-    )
-    g.add(
-        timeseries(
-            "Backlog per worker (waiting / workers)",
-            "none",
-            (f"avg by (model) (worker_requests_waiting{{{M}, {W}}})", "{{model}}"),
-            description="KEDA scales the workers on this; the WorkerQueueBacklog alert is at 4.",
-        )
-    )
-    g.add(
-        timeseries(
-            "In flight per router",
-            "none",
-            (f"sum by (router) (router_worker_in_flight{{{M}, {R}}})", "{{router}}"),
-        )
-    )
-
-
 def build() -> dict[str, Any]:
     g = Layout()
     _overview(g)
     _latency(g)
     _per_model(g)
     _per_worker(g)
-    _registry(g)
-    _tenants(g)
-    _capacity(g)
+    operations.registry(g)
+    operations.admission(g)
+    operations.tenants(g)
+    operations.capacity(g)
+    operations.versions(g)
     return {
         "uid": UID,
         "title": "xero-router",

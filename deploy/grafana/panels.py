@@ -12,6 +12,10 @@ R = 'router=~"$router"'
 QUANTILES = (0.5, 0.9, 0.99)
 
 Panel = dict[str, Any]
+# Grafana units: a count is "none" (or "short" for a rate of things without a unit of their own),
+# a rate of requests "reqps", of operations "ops", a duration "s", a fraction "percentunit",
+# memory "bytes". tests/deploy/test_grafana.py checks each panel's unit against its series.
+UNITS = frozenset({"none", "short", "reqps", "ops", "s", "percentunit", "bytes"})
 
 
 class Layout:
@@ -64,12 +68,34 @@ def _targets(*exprs: tuple[str, str]) -> list[dict[str, Any]]:
     ]
 
 
+def _thresholds(warn: float | None, alert: float | None) -> dict[str, Any]:
+    """Green below `warn`, orange from it, red from `alert` (an alert rule's bound)."""
+    steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
+    if warn is not None:
+        steps.append({"color": "orange", "value": warn})
+    if alert is not None:
+        steps.append({"color": "red", "value": alert})
+    return {"mode": "absolute", "steps": steps}
+
+
 def timeseries(
-    title: str, unit: str, *exprs: tuple[str, str], description: str = "", stack: bool = False
+    title: str,
+    unit: str,
+    *exprs: tuple[str, str],
+    description: str = "",
+    stack: bool = False,
+    warn: float | None = None,
+    alert: float | None = None,
 ) -> Panel:
     defaults: dict[str, Any] = {"unit": unit, "min": 0}
+    custom: dict[str, Any] = {}
     if stack:
-        defaults["custom"] = {"stacking": {"mode": "normal"}, "fillOpacity": 20}
+        custom.update(stacking={"mode": "normal"}, fillOpacity=20)
+    if warn is not None or alert is not None:
+        defaults["thresholds"] = _thresholds(warn, alert)
+        custom["thresholdsStyle"] = {"mode": "line+area"}
+    if custom:
+        defaults["custom"] = custom
     return {
         "type": "timeseries",
         "title": title,
@@ -81,15 +107,44 @@ def timeseries(
     }
 
 
-def stat(title: str, unit: str, expr: str, legend: str = "", description: str = "") -> Panel:
+def stat(
+    title: str,
+    unit: str,
+    expr: str,
+    legend: str = "",
+    description: str = "",
+    warn: float | None = None,
+    alert: float | None = None,
+) -> Panel:
+    defaults: dict[str, Any] = {"unit": unit}
+    if warn is not None or alert is not None:
+        defaults["thresholds"] = _thresholds(warn, alert)
     return {
         "type": "stat",
         "title": title,
         "description": description,
         "datasource": DS,
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
         "options": {"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value"},
         "targets": _targets((expr, legend)),
+    }
+
+
+def table(title: str, expr: str, description: str = "") -> Panel:
+    """An instant query shown as rows of its labels: for info metrics (`*_build_info`)."""
+    targets = _targets((expr, ""))
+    targets[0].update(instant=True, format="table")
+    return {
+        "type": "table",
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "fieldConfig": {"defaults": {"unit": "none"}, "overrides": []},
+        "options": {"showHeader": True},
+        "transformations": [
+            {"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True}}}
+        ],
+        "targets": targets,
     }
 
 

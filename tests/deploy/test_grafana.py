@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from deploy.grafana.panels import UNITS
 from tests.deploy.tools import DEPLOY
 
 GRAFANA = DEPLOY / "grafana"
@@ -21,8 +22,19 @@ ROWS = {
     "Per model",
     "Per worker",
     "Registry and Redis",
+    "Admission queue and breakers",
     "Tenants and limits",
     "Capacity",
+    "Versions",
+}
+# Panel -> the red threshold, which is the bound of the alert rule on the same series.
+THRESHOLDS = {
+    "Error ratio (5xx / all)": 0.05,  # RouterHighErrorRate
+    "Time to first token (streams)": 2,  # RouterTTFTHigh
+    "Registry staleness": 10,  # RegistryStale
+    "Backlog per worker (waiting / workers)": 4,  # WorkerQueueBacklog
+    "Queue rejections by reason": 0.05,  # AdmissionQueueRejecting
+    "Breakers open": 1,  # WorkerBreakerOpen
 }
 
 
@@ -107,3 +119,42 @@ def test_provisioning() -> None:
     )
     assert mounts["../grafana/dashboards"] == provider["options"]["path"]
     assert mounts["../grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+def unit_for(exprs: list[str]) -> set[str]:
+    """The units that fit what a panel's queries compute."""
+    if all(e.startswith("histogram_quantile(") and "_seconds_bucket" in e for e in exprs):
+        return {"s"}
+    if any("_bytes" in e for e in exprs):
+        return {"bytes"} if all("_bytes" in e for e in exprs) else set()
+    if any(" / " in e for e in exprs):
+        return {"percentunit"}
+    if all("rate(" in e for e in exprs):
+        requests = all("_requests_total" in e or "rejections_total" in e for e in exprs)
+        return {"reqps"} if requests else {"ops", "short", "reqps"}
+    if any("_seconds" in e for e in exprs):
+        return {"s"}
+    return {"none"}  # gauges and instant counts: how many
+
+
+def test_every_panel_has_the_unit_of_what_it_plots() -> None:
+    """A key count is not bytes, a latency is seconds, a ratio is a fraction of 1."""
+    for panel in dashboard()["panels"]:
+        if panel["type"] == "row":
+            continue
+        unit = panel["fieldConfig"]["defaults"]["unit"]
+        assert unit in UNITS, panel["title"]
+        exprs = [t["expr"] for t in panel["targets"]]
+        if panel["type"] == "table" or panel["title"] == "Tokens per second":
+            continue  # labels only; a sum and a quantile of the same rate
+        assert unit in unit_for(exprs), (panel["title"], unit, unit_for(exprs))
+
+
+def test_key_panels_turn_red_at_their_alert_bound() -> None:
+    panels = {p["title"]: p for p in dashboard()["panels"]}
+    for title, bound in THRESHOLDS.items():
+        defaults = panels[title]["fieldConfig"]["defaults"]
+        steps = defaults["thresholds"]["steps"]
+        assert steps[0] == {"color": "green", "value": None}, title
+        assert steps[-1] == {"color": "red", "value": bound}, title
+        assert defaults["custom"]["thresholdsStyle"]["mode"] != "off", title

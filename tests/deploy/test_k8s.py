@@ -177,8 +177,9 @@ def test_router(overlay: str) -> None:
     resources = rendered(overlay)
     deployment = find(resources, "Deployment", "router")
     router = container(deployment, "router")
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert router[probe]["httpGet"]["path"] == "/health"
+    # Ready after its first registry read (router.handlers.ready); alive while it answers.
+    assert router["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert router["livenessProbe"]["httpGet"]["path"] == "/health"
     assert router["resources"]["requests"]["cpu"]
     assert router["resources"]["limits"]["memory"]
     variables = env(router)

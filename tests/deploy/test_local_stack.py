@@ -23,6 +23,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ EXPECTED_EMPTY = {
     ("Registry errors", "A"): "Redis stays up: no registry operation fails",
     ("Tokens per project", "A"): "this stack runs with ROUTER_AUTH=off: nothing is metered",
     ("Relay bounds and settle errors", "A"): "no answer reaches a relay bound",
+    ("Queue rejections by reason", "A"): "the queue never fills: the workers keep up",
+    ("Breaker transitions by worker", "A"): "no worker fails, so no breaker opens",
+    ("KV cache cells in use per worker", "A"): "fake-engine workers have no KV cache",
 }
 
 
@@ -288,6 +292,22 @@ def test_prometheus_scrapes_every_router_and_worker(stack: Stack) -> None:
     assert sorted(t["worker"] for t in by_job["worker"]) == [f"{MODEL}-1", f"{MODEL}-2"]
     assert {t["model"] for t in by_job["worker"]} == {MODEL}
     assert len(by_job["redis"]) == 1
+
+
+def test_build_info_names_every_process(stack: Stack) -> None:
+    """Each router and worker says what it runs; the workers name their engine."""
+    version = metadata.version("xero-router")
+
+    def count(query: str) -> list[dict[str, Any]]:
+        reply = prometheus_get(stack, "/api/v1/query", query=query)
+        assert reply["status"] == "success", reply
+        results: list[dict[str, Any]] = reply["data"]["result"]
+        return results
+
+    [routers] = count(f'count(router_build_info{{version="{version}"}})')
+    assert routers["value"][1] == "2"
+    [workers] = count(f'count by (engine) (worker_build_info{{version="{version}"}})')
+    assert (workers["metric"], workers["value"][1]) == ({"engine": "fake"}, "2")
 
 
 def send_traffic(stack: Stack, seconds: float) -> None:

@@ -13,6 +13,7 @@ from deploy.local.spec import load_stack
 from tests.deploy.tools import DEPLOY, need, run
 
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+RUNBOOK = DEPLOY / "RUNBOOK.md"
 REQUIRED_ALERTS = {
     "RouterHighErrorRate",
     "RouterTTFTHigh",
@@ -20,6 +21,10 @@ REQUIRED_ALERTS = {
     "NoHealthyWorker",
     "WorkerFlapping",
     "RegistryStale",
+    "AdmissionQueueRejecting",
+    "WorkerBreakerOpen",
+    "RegistryInvalidRecords",
+    "UsageNotSettled",
 }
 
 
@@ -43,6 +48,31 @@ def test_every_alert_has_severity_and_text() -> None:
         for rule in group["rules"]:
             assert rule["labels"]["severity"] in ("page", "ticket"), rule["alert"]
             assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+
+
+def anchor(heading: str) -> str:
+    """The fragment GitHub (and most Markdown renderers) give a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_links_its_own_runbook_section() -> None:
+    """runbook_url: deploy/RUNBOOK.md#<anchor>, the anchor a heading of the runbook, and each
+    section says what the alert means, how to check and what to do."""
+    text = RUNBOOK.read_text()
+    sections = dict(
+        (anchor(m.group(1)), m.group(2))
+        for m in re.finditer(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    )
+    for group in yaml.safe_load(ALERTS.read_text())["groups"]:
+        for rule in group["rules"]:
+            url = rule["annotations"].get("runbook_url", "")
+            page, _, fragment = url.partition("#")
+            assert page == "deploy/RUNBOOK.md", rule["alert"]
+            assert (DEPLOY.parent / page).is_file()
+            assert fragment == anchor(rule["alert"]), rule["alert"]
+            assert fragment in sections, f"{rule['alert']}: no section #{fragment}"
+            for part in ("**Means.**", "**Check.**", "**Do.**"):
+                assert part in sections[fragment], f"{rule['alert']}: {part} missing"
 
 
 def test_generated_files_are_current() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
 
 from contract.registry import WorkerRecord, WorkerState
-from contract.telemetry import LATENCY_BUCKETS
-from router.breaker import BreakerState
+from contract.telemetry import LATENCY_BUCKETS, version_of
+from router.breaker import Breaker, BreakerState
 from router.metrics import (
     CANCELLED,
     CancelPhase,
@@ -83,10 +85,36 @@ def test_a_chat_series_counts_by_status_class() -> None:
     assert bounds == [*LATENCY_BUCKETS, float("inf")]
 
 
+def test_model_tokens_add_up_per_model_and_kind() -> None:
+    metrics = RouterMetrics()
+    metrics.chat_series("m", True).count_tokens(10, 3)
+    metrics.chat_series("m", False).count_tokens(5, 2)
+    metrics.series(Route.COMPLETIONS, "other", False).count_tokens(1, 1)
+
+    def tokens(model: str, kind: str) -> float | None:
+        labels = {"model": model, "kind": kind}
+        return metrics.registry.get_sample_value("router_model_tokens_total", labels)
+
+    assert (tokens("m", "prompt"), tokens("m", "completion")) == (15, 5)
+    assert (tokens("other", "prompt"), tokens("other", "completion")) == (1, 1)
+
+
+def test_build_info_names_the_versions() -> None:
+    labels = {
+        "version": metadata.version("xero-router"),
+        "python": platform.python_version(),
+        "aiohttp": metadata.version("aiohttp"),
+    }
+    value = RouterMetrics().registry.get_sample_value("router_build_info", labels)
+    assert value == 1
+    assert version_of("no-such-distribution") == "none"
+
+
 @dataclass
 class Worker:
     record: WorkerRecord
     in_flight: int
+    breaker: Breaker = field(default_factory=Breaker)
 
 
 @dataclass
@@ -112,5 +140,9 @@ def test_the_view_gauges_are_read_at_scrape_time() -> None:
     text = metrics.render().decode()
     assert 'router_registry_workers{model="smollm2-135m",state="draining"} 1.0' in text
     assert "router_registry_staleness_seconds 1.5" in text
+    assert 'router_worker_breaker_open{model="smollm2-135m",worker="w1"} 0.0' in text
+    view.upstreams["w1"].breaker.state = BreakerState.HALF_OPEN  # probing: still put aside
+    text = metrics.render().decode()
+    assert 'router_worker_breaker_open{model="smollm2-135m",worker="w1"} 1.0' in text
     metrics.unwatch_view()
     assert "router_worker_in_flight" not in metrics.render().decode()
