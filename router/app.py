@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from router import handlers
 from router.access import Access
+from router.admin_api import admin_site_ctx
 from router.admission import Admission
 from router.appkeys import ACCESS, ADMISSION, CONFIG, METRICS, POLICY, REDIS, RELAY, VIEW
 from router.balancer import Policy, make_policy
@@ -47,6 +48,10 @@ def create_app(config: RouterConfig, *, policy: Policy | None = None) -> web.App
     if config.metrics_port is not None:
         # Metrics name projects and endpoints: on their own listener, never on the public one.
         app.cleanup_ctx.insert(1, _metrics_site_ctx)
+    if config.admin_port is not None:
+        # Tenancy writes on their own listener and Redis user (router.admin_api); up last,
+        # closed first.
+        app.cleanup_ctx.append(admin_site_ctx)
 
     # Plain and DNS-based (the Host names the endpoint), then the seed's path-based forms.
     for prefix in ("", PROJECT, PROJECT + ENDPOINT):
@@ -56,6 +61,7 @@ def create_app(config: RouterConfig, *, policy: Policy | None = None) -> web.App
         app.router.add_get(prefix + "/v1/models", handlers.list_models)
         app.router.add_get(prefix + "/v1/models/{model:.+}", handlers.retrieve_model)
     app.router.add_get("/health", handlers.health)
+    app.router.add_get("/ready", handlers.ready)
     if config.metrics_port is None:
         app.router.add_get("/metrics", handlers.metrics)
     return app
@@ -75,6 +81,7 @@ async def _metrics_site_ctx(app: web.Application) -> AsyncIterator[None]:
     site_app[VIEW] = app[VIEW]
     site_app.router.add_get("/metrics", handlers.metrics)
     site_app.router.add_get("/health", handlers.health)
+    site_app.router.add_get("/ready", handlers.ready)
     runner = web.AppRunner(site_app, access_log=None, shutdown_timeout=METRICS_SHUTDOWN_S)
     await runner.setup()
     await web.TCPSite(runner, config.host, config.metrics_port).start()

@@ -11,9 +11,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
+from contract.logs import configure
 from contract.options import ConfigError, LogLevel
+from contract.secrets import ADMIN_KEY_ENV
+from contract.tracing import setup
 from router.app import create_app
 from router.config import parse_config
+from router.tracing import REQUEST_LOGGER
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv, os.environ)
     try:
         config.worker_secret(os.environ)  # read again at startup; unreadable: a clean exit 2
+        if config.admin_port is not None and config.admin_key(os.environ) is None:
+            raise ConfigError(f"--admin-port needs a key: --admin-key-file or ${ADMIN_KEY_ENV}")
+        flush = None if config.otlp_endpoint is None else setup(config.otlp_endpoint, "router")
     except ConfigError as exc:
         print(f"python -m router: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(config.log_level, config.log_format, REQUEST_LOGGER)
     loop = _new_loop()
     logger.info(
         "router listening on %s:%s (redis %s, loop %s)",
@@ -47,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if config.metrics_port is not None:
         logger.info("metrics on %s:%s only", config.host, config.metrics_port)
+    if config.admin_port is not None:
+        logger.info("admin API on %s:%s", config.host, config.admin_port)
     # Shutdown on SIGTERM/SIGINT, as run_app sequences it: stop accepting connections, let
     # in-flight requests finish for up to shutdown_timeout_s, cancel what remains, then run the
     # cleanup contexts in reverse (watcher, worker session, Redis client).
@@ -65,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         print=None,
     )
+    if flush is not None:
+        flush()  # the spans still batched
     return 0
 
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from contract.keyspace import Keyspace, check_prefix
+from contract.logs import LogFormat
 from contract.options import LogLevel, Options, member, meta
-from contract.secrets import SECRET_ENV, load_secret, secret_file
+from contract.secrets import ADMIN_KEY_ENV, SECRET_ENV, load_secret, secret_file
+from contract.tracing import check_endpoint
 from router.apikeys import DEFAULT_CACHE_TTL_S, MAX_CACHE_TTL_S
 from router.balancer import PolicyName
 
@@ -31,6 +33,13 @@ POSITIVE_FIELDS = (
 )
 
 
+def _scheme(url: str) -> str:
+    try:
+        return urlsplit(url).scheme
+    except ValueError:  # its message quotes the URL, password and all
+        return ""
+
+
 def _domain(text: str) -> str:
     return text.strip().strip(".").lower()
 
@@ -47,6 +56,25 @@ class RouterConfig:
     metrics_port: int | None = field(
         default=None,
         metadata=meta("serve /metrics only on this port (same host); auto: on --port"),
+    )
+    admin_port: int | None = field(
+        default=None,
+        metadata=meta("serve the admin API (router.admin_api) on this port, same host; auto: off"),
+    )
+    admin_key_file: str | None = field(
+        default=None,
+        metadata=meta(
+            f"file holding the admin API's key (else ${ADMIN_KEY_ENV}); required with --admin-port",
+            parse=secret_file,
+            metavar="PATH",
+        ),
+    )
+    admin_redis_url: str | None = field(
+        default=None,
+        metadata=meta(
+            "Redis URL of the admin API (a user that may write tenancy); default: --redis-url",
+            metavar="URL",
+        ),
     )
     registry_refresh_s: float = field(
         default=1.0, metadata=meta("period of the full registry re-read")
@@ -67,6 +95,17 @@ class RouterConfig:
     )
     log_level: LogLevel = field(
         default=LogLevel.INFO, metadata=meta("log level; DEBUG adds an access log")
+    )
+    log_format: LogFormat = field(
+        default=LogFormat.TEXT,
+        metadata=meta("text (for a terminal) or json (one object a line, one line a request)"),
+    )
+    otlp_endpoint: str | None = field(
+        default=None,
+        metadata=meta(
+            "send OpenTelemetry traces to this OTLP/HTTP URL (the otel extra); unset: off",
+            metavar="URL",
+        ),
     )
     auth: bool = field(
         default=True, metadata=meta("API keys required; off is for local development only")
@@ -139,11 +178,7 @@ class RouterConfig:
     )
 
     def __post_init__(self) -> None:
-        try:
-            scheme = urlsplit(self.redis_url).scheme
-        except ValueError:  # its message quotes the URL, password and all
-            scheme = ""
-        if scheme not in REDIS_SCHEMES:
+        if _scheme(self.redis_url) not in REDIS_SCHEMES:
             # The URL itself is not echoed: it may carry a password.
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         check_prefix(self.redis_prefix)
@@ -155,6 +190,7 @@ class RouterConfig:
             raise ValueError(f"metrics_port must be between 1 and 65535, got {self.metrics_port}")
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise ValueError("metrics_port must differ from port")
+        self._check_admin()
         for name in POSITIVE_FIELDS:
             value = getattr(self, name)
             if not value > 0:  # also rejects NaN
@@ -162,6 +198,8 @@ class RouterConfig:
         self._check_limits()
         object.__setattr__(self, "policy", member("policy", self.policy, PolicyName))
         object.__setattr__(self, "log_level", member("log_level", self.log_level, LogLevel))
+        object.__setattr__(self, "log_format", member("log_format", self.log_format, LogFormat))
+        check_endpoint(self.otlp_endpoint)
 
     @property
     def keyspace(self) -> Keyspace:
@@ -171,6 +209,24 @@ class RouterConfig:
         """What every worker request carries as `Authorization: Bearer ...` (contract.secrets);
         ConfigError if the file cannot be read."""
         return load_secret(self.worker_secret_file, environ)
+
+    def admin_key(self, environ: Mapping[str, str]) -> str | None:
+        """The admin API's bearer key (contract.secrets); ConfigError if the file is unreadable."""
+        return load_secret(self.admin_key_file, environ, env=ADMIN_KEY_ENV, what="the admin key")
+
+    @property
+    def admin_redis(self) -> str:
+        return self.admin_redis_url or self.redis_url
+
+    def _check_admin(self) -> None:
+        if self.admin_port is None:
+            return
+        if not 0 < self.admin_port <= 65535:
+            raise ValueError(f"admin_port must be between 1 and 65535, got {self.admin_port}")
+        if self.admin_port in (self.port, self.metrics_port):
+            raise ValueError("admin_port must differ from port and metrics_port")
+        if _scheme(self.admin_redis) not in REDIS_SCHEMES:
+            raise ValueError("admin_redis_url must start with redis://, rediss:// or unix://")
 
     def _check_limits(self) -> None:
         if not self.shutdown_timeout_s >= 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,12 +26,20 @@ from contract.errors import ApiError, ModelNotFound
 from contract.telemetry import status_class
 from contract.text import TextRequest, parse_text_request
 from contract.wire import ChatRequest, model_object, parse_chat_request
-from router.access import OPEN
+from router.access import OPEN, Scope
 from router.appkeys import ACCESS, CONFIG, METRICS, RELAY, REQUEST_ID, VIEW
 from router.exchange import Exchange
 from router.intake import read_body
-from router.metrics import CANCELLED, OTHER_MODEL, Rejection, Route
+from router.metrics import (
+    CANCELLED,
+    OTHER_MODEL,
+    Rejection,
+    RequestSeries,
+    Route,
+    RouterMetrics,
+)
 from router.middleware import JSON
+from router.tracing import REQUEST_LOG, Report, report, request_span
 from router.upstream import Api
 
 NO_PROJECT: Final = "none"  # the project label of requests without a known project
@@ -99,9 +108,12 @@ async def dispatch(request: web.Request, endpoint: Endpoint[R]) -> web.StreamRes
     status = 500
     access = app[ACCESS]
     scope = OPEN
+    config = app[CONFIG]
+    span = None if config.otlp_endpoint is None else request_span(request, route, arrived)
+    model = ""
+    exchange: Exchange | None = None
     try:
         scope = await access.scope(request)  # the key first: 401 before anything else
-        config = app[CONFIG]
         body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
         parsed = endpoint.parse(body)  # the one parse; `body` goes upstream unchanged
         model = parsed.model
@@ -126,29 +138,41 @@ async def dispatch(request: web.Request, endpoint: Endpoint[R]) -> web.StreamRes
             meter=None if ticket is None else ticket.meter,
             api=endpoint.api,
             tenant=scope.project_id or "",
+            trace=span,
         )
         try:
             response = await app[RELAY].forward(request, exchange)
         finally:
             if ticket is not None:  # settled once, however the request ended
+                series.count_tokens(ticket.meter.prompt_tokens, ticket.meter.completion_tokens)
                 access.settle_soon(ticket)
         status = response.status
         return response
     except ApiError as exc:
         status = exc.status
-        reason = _REJECTIONS.get(status)
-        if reason is not None:
+        if (reason := _REJECTIONS.get(status)) is not None:
             metrics.rejections.labels(reason).inc()
         raise
     except asyncio.CancelledError:
         status = CANCELLED
         raise
     finally:
-        series.finish(status, time.perf_counter() - arrived)
-        # Ids from Redis records, never from input: "none" when auth is off or the key was bad.
-        project = scope.project_id or NO_PROJECT
-        named = scope.endpoint.name if scope.endpoint else ""
-        metrics.project_requests.labels(project, named, status_class(status)).inc()
+        elapsed = _finish(metrics, series, scope, status, arrived)
+        if span is not None or REQUEST_LOG.isEnabledFor(logging.INFO):
+            report(Report(request, route, scope, model, status, elapsed), exchange, span)
+
+
+def _finish(
+    metrics: RouterMetrics, series: RequestSeries, scope: Scope, status: int, arrived: float
+) -> float:
+    """Count the finished request; its duration."""
+    elapsed = time.perf_counter() - arrived
+    series.finish(status, elapsed)
+    # Ids from Redis records, never from input: "none" when auth is off or the key was bad.
+    project = scope.project_id or NO_PROJECT
+    named = scope.endpoint.name if scope.endpoint else ""
+    metrics.project_requests.labels(project, named, status_class(status)).inc()
+    return elapsed
 
 
 # Partials, not wrappers: no extra coroutine frame per request (aiohttp sees through them).
@@ -196,6 +220,16 @@ async def health(request: web.Request) -> web.Response:
             "registry_age_s": None if age is None else round(age, 3),
         }
     )
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: 503 until the first full registry read, 200 from then on. A router that
+    loses Redis later keeps serving its last view (and says so in its staleness gauge), so
+    it stays ready; /health stays 200 throughout (liveness)."""
+    age = request.app[VIEW].registry_age_s()
+    if age is None:
+        return _json({"status": "loading", "registry_age_s": None}, status=503)
+    return _json({"status": "ready", "registry_age_s": round(age, 3)})
 
 
 async def metrics(request: web.Request) -> web.Response:

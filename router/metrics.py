@@ -23,6 +23,8 @@ worker id from the registry, the rest are fixed sets):
                                                           duration (router.proxy)
     router_breaker_transitions_total{worker,state}        open, closed
     router_worker_in_flight{worker,model}                 this replica's open requests per worker
+    router_worker_breaker_open{worker,model}              1 while its breaker is open or half
+                                                          open (probing), else 0
     router_upstream_errors_total{worker,kind}             connect, busy (503), status (other
                                                           5xx), timeout, broken
     router_upstream_retries_total{model}                  attempts after the first
@@ -33,11 +35,13 @@ worker id from the registry, the rest are fixed sets):
     router_registry_staleness_seconds                     since the last successful full read
     router_registry_errors_total{op}                      read, events, decode
     router_tokens_total{project,kind}                     keyed requests' tokens as metered
+    router_model_tokens_total{model,kind}                 (the same tokens by model)
     router_key_tokens_total{key_id,kind}                  (router.access): prompt, completion
     router_settle_errors_total                            usage that Redis did not take
     router_registry_invalid_records_total{source}         records (read) and events (events)
                                                           skipped as invalid; a full read counts
                                                           each bad record it meets again
+    router_build_info{version,python,aiohttp}             1: what this replica runs
 
 Relayed requests are chat completions, text completions and embeddings (the `endpoint` label of
 router_requests_total tells them apart; an embedding model has its own `model` label, so the
@@ -50,15 +54,17 @@ from __future__ import annotations
 
 import enum
 import math
+import platform
 from collections.abc import Iterator, Mapping
 from typing import Any, Final, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from contract.registry import WorkerRecord
-from contract.telemetry import LATENCY_BUCKETS, StatusClass, status_class
+from contract.telemetry import DISTRIBUTION, LATENCY_BUCKETS, StatusClass, status_class, version_of
+from router.breaker import BreakerState
 
 OTHER_MODEL: Final = "other"
 CANCELLED: Final = 0  # the status recorded for a request whose client hung up
@@ -134,11 +140,19 @@ class RegistryOp(enum.StrEnum):
     EVENTS = "events"
 
 
+class BreakerGauge(Protocol):
+    @property
+    def state(self) -> BreakerState: ...
+
+
 class WorkerGauges(Protocol):
     """What the view-derived gauges read of one worker (router.upstream.Upstream)."""
 
     @property
     def record(self) -> WorkerRecord: ...
+
+    @property
+    def breaker(self) -> BreakerGauge: ...
 
     @property
     def in_flight(self) -> int: ...
@@ -156,7 +170,16 @@ class ViewGauges(Protocol):
 class RequestSeries:
     """The series of one (endpoint, model, stream) triple, pre-bound."""
 
-    __slots__ = ("_by_status", "_requests", "chunk_gap", "duration", "first_byte", "retries")
+    __slots__ = (
+        "_by_status",
+        "_completion_tokens",
+        "_prompt_tokens",
+        "_requests",
+        "chunk_gap",
+        "duration",
+        "first_byte",
+        "retries",
+    )
 
     def __init__(self, metrics: RouterMetrics, route: Route, model: str, stream: bool) -> None:
         flag = "true" if stream else "false"
@@ -165,6 +188,8 @@ class RequestSeries:
         self.first_byte = metrics.time_to_first_byte.labels(model, flag)
         self.chunk_gap = metrics.inter_chunk_gap.labels(model)
         self.retries = metrics.upstream_retries.labels(model)
+        self._prompt_tokens = metrics.model_tokens.labels(model, TokenKind.PROMPT)
+        self._completion_tokens = metrics.model_tokens.labels(model, TokenKind.COMPLETION)
         # Keyed by status // 100, and CANCELLED for a client that hung up.
         self._by_status: dict[int, Any] = {
             hundreds: metrics.requests.labels(route, model, status_class(hundreds * 100))
@@ -175,6 +200,11 @@ class RequestSeries:
     def finish(self, status: int, duration_s: float) -> None:
         self._by_status[status // 100 if status else CANCELLED].inc()
         self.duration.observe(duration_s)
+
+    def count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """A metered request's tokens, once, when it has ended (router.access settles them)."""
+        self._prompt_tokens.inc(prompt_tokens)
+        self._completion_tokens.inc(completion_tokens)
 
 
 class TokenKind(enum.StrEnum):
@@ -322,6 +352,20 @@ class RouterMetrics:
             ["key_id", "kind"],
             registry=r,
         )
+        self.model_tokens = Counter(
+            "router_model_tokens",
+            "Tokens of keyed requests by model and kind (prompt, completion), as metered.",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.build_info = Info("router_build", "What this router replica runs.", registry=r)
+        self.build_info.info(
+            {
+                "version": version_of(DISTRIBUTION),
+                "python": platform.python_version(),
+                "aiohttp": version_of("aiohttp"),
+            }
+        )
         self.settle_errors = Counter(
             "router_settle_errors",
             "Request ends whose usage could not be settled in Redis (charge, counters, slot).",
@@ -374,10 +418,17 @@ class _ViewCollector(Collector):
             "This replica's open requests per worker.",
             labels=["worker", "model"],
         )
+        breaker_open = GaugeMetricFamily(
+            "router_worker_breaker_open",
+            "1 while this replica's breaker for the worker is open or probing, else 0.",
+            labels=["worker", "model"],
+        )
         counts: dict[tuple[str, str], int] = {}
         for worker_id, upstream in self._view.upstreams.items():
             record = upstream.record
             in_flight.add_metric([worker_id, record.model], upstream.in_flight)
+            closed = upstream.breaker.state is BreakerState.CLOSED
+            breaker_open.add_metric([worker_id, record.model], 0 if closed else 1)
             key = (record.model, record.state.value)
             counts[key] = counts.get(key, 0) + 1
         workers = GaugeMetricFamily(
@@ -394,5 +445,6 @@ class _ViewCollector(Collector):
             value=math.inf if age is None else age,
         )
         yield in_flight
+        yield breaker_open
         yield workers
         yield staleness

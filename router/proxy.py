@@ -43,13 +43,15 @@ import time
 from collections.abc import Awaitable, Mapping
 from typing import Final
 
-import orjson
 from aiohttp import (
     ClientConnectionError,
+    ClientConnectorError,
+    ClientOSError,
     ClientPayloadError,
     ClientResponse,
     ClientSession,
     ClientTimeout,
+    ServerDisconnectedError,
     TCPConnector,
     hdrs,
     web,
@@ -57,17 +59,17 @@ from aiohttp import (
 from multidict import CIMultiDict
 
 from contract.errors import ServiceUnavailable, UpstreamFailed, UpstreamTimeout
+from contract.logs import Outcome
 from contract.sse import (
     EVENT_STREAM,
     FRAME_END,
     PROMPT_TOKENS_HEADER,
-    USAGE_TRAILER_PREFIX,
     error_event,
 )
 from contract.sse import HEADERS as SSE_HEADERS
 from router.admission import Admission, Grant
 from router.config import RouterConfig
-from router.exchange import REQUEST_ID_HEADER, Exchange, TokenMeter
+from router.exchange import REQUEST_ID_HEADER, Exchange, body_usage, usage_reader
 from router.metrics import CancelPhase, RelayLimit, RouterMetrics, UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -91,7 +93,6 @@ _DROPPED_HEADERS: Final = frozenset(
     }
 )
 BUSY_RETRY_AFTER_S: Final = 1.0
-_TRAILER_AT: Final = FRAME_END + USAGE_TRAILER_PREFIX  # a usage trailer after another frame
 
 
 def create_session(
@@ -101,7 +102,9 @@ def create_session(
     `headers` go on every worker request (the worker secret: worker.auth)."""
     connector = TCPConnector(
         limit=0,  # concurrency is bounded by admission (router.admission), not by a client pool
-        keepalive_timeout=10.0,  # shorter than any server's, so we close idle sockets first
+        # Shorter than the servers' (llama-server's cpp-httplib and uvicorn: 5 s), so we close
+        # idle sockets first rather than write into one the server is closing.
+        keepalive_timeout=4.0,
         ttl_dns_cache=60,
     )
     return ClientSession(
@@ -115,35 +118,6 @@ def create_session(
         trust_env=False,
         headers=headers,
     )
-
-
-def _take_usage(frames: bytes, meter: TokenMeter) -> bytes:
-    """Count whole frames as completion tokens until the worker's usage trailer (contract.sse)
-    gives the exact usage; strip the trailer. Frames hold no raw "\\n\\n" but at their end."""
-    if meter.exact:
-        return frames
-    start = frames.find(_TRAILER_AT)
-    if start >= 0:
-        start += len(FRAME_END)
-    elif frames.startswith(USAGE_TRAILER_PREFIX):
-        start = 0
-    else:
-        meter.completion_tokens += frames.count(FRAME_END)
-        return frames
-    end = frames.find(FRAME_END, start) + len(FRAME_END)
-    meter.completion_tokens += frames.count(FRAME_END, 0, start)
-    meter.take_trailer(frames[start:end])
-    return frames[:start] + frames[end:]
-
-
-def _body_usage(body: bytes, meter: TokenMeter, prompt_tokens: str | None) -> None:
-    """A plain answer's `usage`; without one, the prompt as for a stream (TokenMeter)."""
-    try:
-        usage = orjson.loads(body)["usage"]
-    except (ValueError, KeyError, TypeError):
-        usage = None
-    if not meter.take_usage(usage):
-        meter.answered(prompt_tokens)
 
 
 class Relay:
@@ -184,8 +158,17 @@ class Relay:
                 self._metrics.queue_wait.observe(time.perf_counter() - queued_at)
                 self._metrics.overhead.observe(queued_at - exchange.arrived)
             tried.append(grant.upstream.worker_id)
+            exchange.attempts, exchange.worker = len(tried), grant.upstream.worker_id
+            trace = exchange.trace
             try:
-                outcome = await self._attempt(request, exchange, grant)
+                if trace is None:
+                    outcome = await self._attempt(request, exchange, grant)
+                else:  # the wait and the choice, then the attempt, whose context goes upstream
+                    trace.phase("admission", queued_at, time.perf_counter(), worker=tried[-1])
+                    with trace.attempt("attempt", worker=tried[-1]) as span:
+                        outcome = await self._attempt(request, exchange, grant)
+                        if isinstance(outcome, UpstreamError):
+                            span.set_attribute("error.type", outcome.value)
             finally:
                 self._admission.release(grant)
             if not isinstance(outcome, UpstreamError):
@@ -207,11 +190,7 @@ class Relay:
         try:
             async with asyncio.timeout(self._first_token_s):
                 try:
-                    response = await self._session.post(
-                        grant.upstream.urls[exchange.api],
-                        data=exchange.body,
-                        headers=exchange.upstream_headers,
-                    )
+                    response = await self._post(grant, exchange)
                 except ClientConnectionError as exc:  # refused, reset, connect timeout
                     # One line per failure; the breaker soon keeps requests off it.
                     logger.warning("worker %s unreachable (%r); trying another", worker, exc)
@@ -239,7 +218,8 @@ class Relay:
             self._metrics.cancellations.labels(CancelPhase.WAITING).inc()
             raise
         self._admission.succeeded(grant)
-        exchange.series.first_byte.observe(time.perf_counter() - exchange.arrived)
+        exchange.first_byte_s = time.perf_counter() - exchange.arrived
+        exchange.series.first_byte.observe(exchange.first_byte_s)
         if not stream:
             response.release()
             return _plain(response, first, exchange)
@@ -249,6 +229,28 @@ class Relay:
             # Not release(): the worker must see its connection drop and stop generating.
             response.close()
             raise
+
+    async def _post(self, grant: Grant, exchange: Exchange) -> ClientResponse:
+        """The worker's response headers. A pooled connection the server closed while idle
+        fails as the request is written or before any answer; the request is sent once more,
+        on another connection, without counting against the worker (a dead one refuses it)."""
+        upstream = grant.upstream
+        url = upstream.urls[exchange.api]
+        if upstream.openai:
+            openai = exchange.openai_request()
+            body, headers = openai.body, openai.headers
+        else:
+            body, headers = exchange.body, exchange.upstream_headers
+        if exchange.trace is not None:
+            headers = exchange.trace.inject(headers)  # the attempt's traceparent
+        try:
+            return await self._session.post(url, data=body, headers=headers)
+        except ClientConnectorError:
+            raise  # no connection at all: not a stale one
+        except (ServerDisconnectedError, ClientOSError) as exc:
+            worker = upstream.worker_id
+            logger.info("worker %s closed a pooled connection (%r); resending", worker, exc)
+        return await self._session.post(url, data=body, headers=headers)
 
     def _body(self, response: ClientResponse) -> Awaitable[bytes]:
         """A plain answer, read whole, but no more than max_response_bytes of it."""
@@ -312,6 +314,7 @@ class Relay:
                 await out.prepare(request)
             tail = await self._pump(exchange, grant, response, out, first)
             if tail is None:
+                exchange.ended = Outcome.CUT_OFF
                 self._cut_off(request, response)
                 return out
             async with asyncio.timeout(self._gap_s):
@@ -326,8 +329,10 @@ class Relay:
             # prepared response goes back to aiohttp, which knows the connection is gone.
             self._metrics.cancellations.labels(CancelPhase.STREAMING).inc()
             response.close()
+            exchange.ended = Outcome.CANCELLED
             return out
         except TimeoutError:
+            exchange.ended = Outcome.CUT_OFF
             self._cut_off(request, response)
             return out
         response.release()
@@ -356,6 +361,7 @@ class Relay:
         ends_at = loop.time() + self._max_stream_s  # the gap timer is never set past it
         gap = exchange.series.chunk_gap
         meter = exchange.meter
+        take = usage_reader(exchange, grant.upstream.openai)
         pending = b""
         chunk = first
         last = time.perf_counter()
@@ -367,7 +373,7 @@ class Relay:
                     end = data.rfind(FRAME_END) + 2
                     if end == 1:  # no frame boundary yet
                         if len(data) > self._max_frame:
-                            return self._cut(grant, RelayLimit.FRAME)
+                            return self._cut(exchange, grant, RelayLimit.FRAME)
                         pending = data
                     else:
                         # The common case is whole frames only: no copy.
@@ -375,7 +381,7 @@ class Relay:
                             (data, b"") if end == len(data) else (data[:end], data[end:])
                         )
                         if meter is not None:
-                            frames = _take_usage(frames, meter)
+                            frames = take(frames, meter)
                         writing = True
                         await out.write(frames)
                         writing = False
@@ -391,19 +397,20 @@ class Relay:
                     timer.reschedule(at if at < ends_at else ends_at)
         except TimeoutError:
             if loop.time() >= ends_at:
-                return self._cut(grant, RelayLimit.DURATION)
+                return self._cut(exchange, grant, RelayLimit.DURATION)
             if writing:
                 return None
-            return self._failed_mid_stream(grant, UpstreamError.TIMEOUT)
+            return self._failed_mid_stream(exchange, grant, UpstreamError.TIMEOUT)
         except ConnectionResetError:
             raise  # the client's side, handled by the caller
         except (ClientPayloadError, ClientConnectionError):
             if writing:
                 raise ConnectionResetError from None
-            return self._failed_mid_stream(grant, UpstreamError.BROKEN)
+            return self._failed_mid_stream(exchange, grant, UpstreamError.BROKEN)
 
-    def _failed_mid_stream(self, grant: Grant, kind: UpstreamError) -> bytes:
+    def _failed_mid_stream(self, exchange: Exchange, grant: Grant, kind: UpstreamError) -> bytes:
         """The worker went silent (TIMEOUT) or broke (BROKEN) mid-stream: counted against it."""
+        exchange.ended = Outcome.ERROR
         self._admission.failed(grant, kind)
         if kind is UpstreamError.TIMEOUT:
             logger.warning("worker %s went silent mid-stream", grant.upstream.worker_id)
@@ -411,9 +418,10 @@ class Relay:
         logger.warning("worker %s failed mid-stream", grant.upstream.worker_id)
         return error_event(UpstreamFailed("The worker failed mid-stream."))
 
-    def _cut(self, grant: Grant, limit: RelayLimit) -> bytes:
+    def _cut(self, exchange: Exchange, grant: Grant, limit: RelayLimit) -> bytes:
         """A stream past a bound: a frame that never ends (the worker's fault, not SSE), or the
         stream's duration (nobody's: see above)."""
+        exchange.ended = Outcome.CUT_OFF
         self._metrics.relay_limits.labels(limit).inc()
         worker = grant.upstream.worker_id
         if limit is RelayLimit.FRAME:
@@ -431,5 +439,5 @@ def _plain(response: ClientResponse, body: bytes, exchange: Exchange) -> web.Res
     headers.update(exchange.rate_headers)
     meter = exchange.meter
     if meter is not None and response.status == 200:
-        _body_usage(body, meter, response.headers.get(PROMPT_TOKENS_HEADER))
+        body_usage(body, meter, response.headers.get(PROMPT_TOKENS_HEADER))
     return web.Response(body=body, status=response.status, headers=headers)

@@ -119,7 +119,10 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     """Registers after the engine has loaded (its cleanup_ctx comes first), or leaves that to
     the CLI, which registers once its socket listens (REGISTER_ON_STARTUP)."""
     heartbeat = Heartbeat(
-        app[appkeys.REDIS], app[appkeys.CONFIG], app[appkeys.ENGINE], app[appkeys.SLOTS]
+        app[appkeys.REDIS],
+        app[appkeys.CONFIG],
+        app[appkeys.SLOTS],
+        device=app[appkeys.ENGINE].device,
     )
     app[appkeys.HEARTBEAT] = heartbeat
     if app[appkeys.REGISTER_ON_STARTUP]:
@@ -163,6 +166,7 @@ def create_app(
     slots = SlotQueue(engine.slots, config.max_queue)
     metrics = WorkerMetrics()
     metrics.track_load(slots)
+    metrics.track_engine(engine, config.engine)
 
     app[appkeys.CONFIG] = config
     app[appkeys.ENGINE] = engine

@@ -20,11 +20,14 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
+from contract.logs import configure
+from contract.tracing import setup
 from worker import appkeys
 from worker.app import create_app
 from worker.auth import load_secret
 from worker.config import ConfigError, WorkerConfig, parse_config
 from worker.liveness import EXIT_ENGINE_FAILED, drain
+from worker.tracing import REQUEST_LOGGER
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +39,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv, os.environ)  # exits 2 on a bad value
     try:
         secret = load_secret(config.worker_secret_file, os.environ)
+        flush = None if config.otlp_endpoint is None else setup(config.otlp_endpoint, "worker")
     except ConfigError as exc:
         print(f"python -m worker: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure(config.log_level, config.log_format, REQUEST_LOGGER)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         failed = runner.run(serve(config, secret))
+    if flush is not None:
+        flush()  # the spans still batched
     return EXIT_ENGINE_FAILED if failed else 0
 
 

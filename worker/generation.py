@@ -28,6 +28,7 @@ from contract.errors import (
     InvalidRequest,
     ServiceUnavailable,
 )
+from contract.logs import Outcome
 from contract.wire import SamplingParams
 from worker import appkeys
 from worker.completions import Choice
@@ -44,6 +45,7 @@ from worker.engine import (
     UnsupportedFormat,
 )
 from worker.logprobs import Logprobs, TokenLogprob
+from worker.tracing import Tally, open_tally, reported
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +126,15 @@ async def generate(
     n: int = 1,
 ) -> web.StreamResponse:
     """Wait for a slot (503 if refused), then generate the n choices one after another in it."""
-    generation = _Generation(request, prompt, sampling, answer, n)
-    async with held_slot(request):
+    tally = open_tally(request)  # None unless the request log or tracing is on
+    generation = _Generation(request, prompt, sampling, answer, n, tally)
+    if tally is None:
+        return await _generate(generation, stream)
+    return await reported(tally, _generate(generation, stream))
+
+
+async def _generate(generation: _Generation, stream: bool) -> web.StreamResponse:
+    async with held_slot(generation.request):
         if stream:
             return await _send_stream(generation)
         return await _collect(generation)
@@ -152,6 +161,7 @@ class _Generation:
     sampling: SamplingParams
     answer: Answer
     n: int
+    tally: Tally | None
 
     async def outputs(
         self, index: int, *, sent: bool, on_prompt: OnPrompt | None = None
@@ -176,12 +186,15 @@ class _Generation:
             while not isinstance(item, Finished):
                 yield item
                 item = await _next_output(self.request, outputs, param)
+            done = time.monotonic()
             metrics.observe_generation(
                 prompt_tokens=item.prompt_tokens,
                 completion_tokens=item.completion_tokens,
                 prompt_s=first_at - started,
-                generation_s=time.monotonic() - first_at,
+                generation_s=done - first_at,
             )
+            if self.tally is not None:
+                self.tally.choice(item, started, first_at, done)
             yield item
         finally:
             if isinstance(outputs, AsyncGenerator):
@@ -226,6 +239,8 @@ async def _send_stream(generation: _Generation) -> web.StreamResponse:
         except ApiError as exc:
             if not response.prepared:
                 raise
+            if generation.tally is not None:
+                generation.tally.ended = Outcome.ERROR
             await response.write(sse.error_event(exc))
         else:
             await response.write(generation.answer.end(finished))
@@ -233,6 +248,8 @@ async def _send_stream(generation: _Generation) -> web.StreamResponse:
     except ConnectionResetError:
         # The client left between writes; closing the outputs stopped the engine.
         logger.debug("client disconnected mid-stream")
+        if generation.tally is not None:
+            generation.tally.ended = Outcome.CANCELLED
     return response
 
 

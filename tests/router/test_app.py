@@ -33,8 +33,8 @@ def test_routes_plain_path_based_and_endpoint_based() -> None:
         assert ("POST", prefix + "/v1/embeddings") in routes
         assert ("GET", prefix + "/v1/models") in routes
         assert ("GET", prefix + "/v1/models/{model}") in routes
-    assert {("GET", "/health"), ("GET", "/metrics")} <= routes
-    assert len(routes) == 17
+    assert {("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics")} <= routes
+    assert len(routes) == 18
 
 
 def test_a_policy_can_be_passed_in() -> None:

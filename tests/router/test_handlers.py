@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import orjson
 import pytest
 from aiohttp import ClientResponse, ClientTimeout, web
 from aiohttp.test_utils import TestClient
 from openai import AsyncOpenAI
+from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from contract.registry import WorkerState, publish_worker, remove_worker
+from router.app import create_app
 from router.appkeys import METRICS, VIEW
+from router.config import RouterConfig
 from tests.waits import eventually
 
 from .fakes import (
@@ -20,6 +24,7 @@ from .fakes import (
     PLAIN_BODY,
     STREAM_FRAMES,
     TTL_MS,
+    RedisServer,
     RouterFactory,
     StartWorker,
     free_port,
@@ -345,6 +350,45 @@ async def test_health_and_metrics(start_worker: StartWorker, start_router: Route
         assert f"# TYPE {family} " in text, family
     assert 'router_registry_workers{model="smollm2-135m",state="ready"} 1.0' in text
     assert 'router_worker_in_flight{model="smollm2-135m",worker="w1"} 0.0' in text
+
+
+async def test_ready_waits_for_the_first_registry_read(
+    aiohttp_client: AiohttpClient, tmp_path: Path
+) -> None:
+    """Started while Redis is down, the router is alive (/health 200) but not ready (/ready
+    503); once Redis answers and a full read lands, /ready says 200, on both listeners."""
+    redis = RedisServer.create(tmp_path)  # its port, nothing listening yet
+    metrics_port = free_port()
+    config = RouterConfig(
+        redis_url=redis.url,
+        registry_refresh_s=0.2,
+        connect_timeout_s=0.5,
+        auth=False,
+        metrics_port=metrics_port,
+    )
+    client = await aiohttp_client(create_app(config))
+    metrics_url = f"http://127.0.0.1:{metrics_port}"
+    try:
+        for url in ("/ready", f"{metrics_url}/ready"):
+            resp = await client.session.get(client.make_url(url) if url[0] == "/" else url)
+            assert resp.status == 503, url
+            assert orjson.loads(await resp.read()) == {
+                "status": "loading",
+                "registry_age_s": None,
+            }
+        assert (await client.get("/health")).status == 200
+        await asyncio.to_thread(redis.start)
+
+        async def ready() -> bool:
+            return (await client.get("/ready")).status == 200
+
+        await eventually(ready, timeout_s=10)
+        resp = await client.session.get(f"{metrics_url}/ready")
+        assert resp.status == 200
+        body = orjson.loads(await resp.read())
+        assert body["status"] == "ready" and 0 <= body["registry_age_s"] < 10
+    finally:
+        redis.stop()
 
 
 async def test_new_worker_is_used_without_a_restart(

@@ -118,6 +118,10 @@ async def test_a_plain_answer_is_charged_its_usage(
     reserved = len(body(stream=False)) // PROMPT_BYTES_PER_TOKEN + 50  # prompt + max_tokens
     assert int(resp.headers["x-ratelimit-remaining-tokens"]) == 1000 - reserved
     assert await charged(redis, key) == {"prompt_tokens": 3, "completion_tokens": 1, "requests": 1}
+    registry = client.app[METRICS].registry
+    for kind, tokens in (("prompt", 3), ("completion", 1)):
+        labels = {"model": MODEL, "kind": kind}
+        assert registry.get_sample_value("router_model_tokens_total", labels) == tokens
     # Settled: the reservation went back, only the 4 tokens used stay charged (and the bucket
     # refills meanwhile, never past full).
     again = await client.post(CHAT, data=body(stream=False), headers=headers(key))
