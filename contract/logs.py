@@ -84,12 +84,15 @@ def _iso(created: float) -> str:
 
 
 def configure(
-    level: str, log_format: LogFormat, request_logger: str, stream: TextIO | None = None
+    level: str, log_format: LogFormat, request_logger: str | None, stream: TextIO | None = None
 ) -> None:
-    """Set up the root handler (the CLIs only); `request_logger` is the side's request log."""
+    """Set up the root handler (the CLIs only); `request_logger` is the side's request log
+    (None: a process that serves no requests)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format is LogFormat.JSON else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    if request_logger is None:
+        return
     quiet = log_format is LogFormat.TEXT and logging.getLevelName(level) > logging.DEBUG
     logging.getLogger(request_logger).setLevel(logging.WARNING if quiet else logging.NOTSET)
 

@@ -36,6 +36,7 @@ from aiohttp import ClientSession
 from redis.asyncio import Redis
 
 from contract.keyspace import check_prefix
+from contract.logs import LogFormat, configure
 from contract.options import ConfigError, LogLevel, Options, check_one_of, member, meta
 from contract.registry import WorkerApi, name_problem, url_problem
 from contract.secrets import SECRET_ENV, load_secret, secret_file
@@ -95,6 +96,9 @@ class AgentConfig:
         default=30.0, metadata=meta("seconds to wait for the server's busy slots on shutdown")
     )
     log_level: LogLevel = field(default=LogLevel.INFO, metadata=meta("log level"))
+    log_format: LogFormat = field(
+        default=LogFormat.TEXT, metadata=meta("log lines as text, or one JSON object each")
+    )
 
     def __post_init__(self) -> None:
         check_one_of("kind", self.kind, UPSTREAM_KINDS)
@@ -103,6 +107,7 @@ class AgentConfig:
         _check(self.probe_timeout_s > 0, "probe_timeout_s: expected > 0")
         _check(self.drain_timeout_s >= 0, "drain_timeout_s: expected >= 0")
         object.__setattr__(self, "log_level", member("log_level", self.log_level, LogLevel))
+        object.__setattr__(self, "log_format", member("log_format", self.log_format, LogFormat))
         _check(url_problem(self.upstream, "upstream") is None, url_problem(self.upstream) or "")
         upstream = self.upstream.rstrip("/")
         object.__setattr__(self, "upstream", upstream)
@@ -211,9 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"python -m worker.agent: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.value, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(config.log_level, config.log_format, None)  # it relays no requests
     asyncio.run(_main(config, secret))
     return 0
 
