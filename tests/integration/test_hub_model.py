@@ -138,4 +138,5 @@ def test_the_hub_worker_streams_through_the_router(served: Served) -> None:
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     usage = chunks[-1].usage
-    assert text and usage is not None and usage.completion_tokens == 8
+    # Sampled: the model may end before max_tokens.
+    assert text and usage is not None and 0 < usage.completion_tokens <= 8
