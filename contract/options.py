@@ -31,6 +31,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 from typing import get_type_hints as _type_hints
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -72,6 +73,27 @@ def member(name: str, value: object, kind: type[E]) -> E:
         return kind(value)
     except ValueError:
         raise ValueError(_not_one_of(name, [m.value for m in kind], value)) from None
+
+
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def require(ok: bool, message: str) -> None:
+    """ValueError(`message`) unless `ok`; the message starts with the field's name, which the
+    CLI replaces by the flag or variable written."""
+    if not ok:
+        raise ValueError(message)
+
+
+def is_redis_url(url: str) -> bool:
+    """A redis://, rediss:// or unix:// URL that parses (port in range). Callers must not quote
+    it in their error: urllib's own errors do, password and all."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a port out of range
+    except ValueError:
+        return False
+    return parts.scheme in REDIS_SCHEMES
 
 
 def check_one_of(name: str, value: object, choices: Collection[object]) -> None:

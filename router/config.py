@@ -8,17 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from contract.keyspace import Keyspace, check_prefix
 from contract.logs import LogFormat
-from contract.options import LogLevel, Options, member, meta
+from contract.options import LogLevel, Options, is_redis_url, member, meta
 from contract.secrets import ADMIN_KEY_ENV, SECRET_ENV, load_secret, secret_file
 from contract.tracing import check_endpoint
 from router.apikeys import DEFAULT_CACHE_TTL_S, MAX_CACHE_TTL_S
 from router.balancer import PolicyName
 
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 POSITIVE_FIELDS = (
     "registry_refresh_s",
     "worker_stale_s",
@@ -31,13 +29,6 @@ POSITIVE_FIELDS = (
     "max_stream_s",
     "concurrency_lease_s",
 )
-
-
-def _scheme(url: str) -> str:
-    try:
-        return urlsplit(url).scheme
-    except ValueError:  # its message quotes the URL, password and all
-        return ""
 
 
 def _domain(text: str) -> str:
@@ -178,7 +169,7 @@ class RouterConfig:
     )
 
     def __post_init__(self) -> None:
-        if _scheme(self.redis_url) not in REDIS_SCHEMES:
+        if not is_redis_url(self.redis_url):
             # The URL itself is not echoed: it may carry a password.
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         check_prefix(self.redis_prefix)
@@ -225,7 +216,7 @@ class RouterConfig:
             raise ValueError(f"admin_port must be between 1 and 65535, got {self.admin_port}")
         if self.admin_port in (self.port, self.metrics_port):
             raise ValueError("admin_port must differ from port and metrics_port")
-        if _scheme(self.admin_redis) not in REDIS_SCHEMES:
+        if not is_redis_url(self.admin_redis):
             raise ValueError("admin_redis_url must start with redis://, rediss:// or unix://")
 
     def _check_limits(self) -> None:

@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 
 from contract.keyspace import check_prefix
 from contract.logs import LogFormat, configure
-from contract.options import ConfigError, LogLevel, Options, check_one_of, member, meta
+from contract.options import ConfigError, LogLevel, Options, check_one_of, member, meta, require
 from contract.registry import WorkerApi, name_problem, url_problem
 from contract.secrets import SECRET_ENV, load_secret, secret_file
 from worker.config import WorkerConfig
@@ -103,12 +103,12 @@ class AgentConfig:
     def __post_init__(self) -> None:
         check_one_of("kind", self.kind, UPSTREAM_KINDS)
         check_prefix(self.redis_prefix)
-        _check(self.slots is None or self.slots >= 1, "slots: expected >= 1")
-        _check(self.probe_timeout_s > 0, "probe_timeout_s: expected > 0")
-        _check(self.drain_timeout_s >= 0, "drain_timeout_s: expected >= 0")
+        require(self.slots is None or self.slots >= 1, "slots: expected >= 1")
+        require(self.probe_timeout_s > 0, "probe_timeout_s: expected > 0")
+        require(self.drain_timeout_s >= 0, "drain_timeout_s: expected >= 0")
         object.__setattr__(self, "log_level", member("log_level", self.log_level, LogLevel))
         object.__setattr__(self, "log_format", member("log_format", self.log_format, LogFormat))
-        _check(url_problem(self.upstream, "upstream") is None, url_problem(self.upstream) or "")
+        require(url_problem(self.upstream, "upstream") is None, url_problem(self.upstream) or "")
         upstream = self.upstream.rstrip("/")
         object.__setattr__(self, "upstream", upstream)
         object.__setattr__(self, "advertise_url", self.advertise_url.rstrip("/") or upstream)
@@ -122,7 +122,7 @@ class AgentConfig:
             name_problem("device", self.device),
             url_problem(self.advertise_url, "advertise_url"),
         ):
-            _check(problem is None, problem or "")
+            require(problem is None, problem or "")
 
     def worker_config(self, slots: int) -> WorkerConfig:
         """The registry identity and timings worker.heartbeat reads, as our worker's."""
@@ -139,11 +139,6 @@ class AgentConfig:
             heartbeat_ttl_s=self.heartbeat_ttl_s,
             drain_timeout_s=self.drain_timeout_s,
         )
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 OPTIONS = Options(

@@ -14,12 +14,11 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
-from urllib.parse import urlsplit
 
 from contract.keyspace import Keyspace, check_prefix
 from contract.logs import LogFormat
 from contract.options import ConfigError as ConfigError
-from contract.options import LogLevel, Options, check_one_of, member, meta
+from contract.options import LogLevel, Options, check_one_of, is_redis_url, member, meta, require
 from contract.registry import name_problem, url_problem
 from contract.tracing import check_endpoint
 from worker import models
@@ -169,40 +168,40 @@ class WorkerConfig:
     )
 
     def __post_init__(self) -> None:
-        _check(bool(self.model_id), "model_id is required")
-        _check(
-            _redis_scheme(self.redis_url) in ("redis", "rediss", "unix"),
+        require(bool(self.model_id), "model_id is required")
+        require(
+            is_redis_url(self.redis_url),
             # The URL itself is not echoed: it may carry a password.
             "redis_url: expected redis://, rediss:// or unix://",
         )
-        _check(
+        require(
             self.metrics_port is None or 1 <= self.metrics_port <= 65535,
             "metrics_port: expected 1..65535",
         )
-        _check(self.metrics_port != self.port, "metrics_port: must differ from the port")
-        _check(self.fake_fail_after_tokens >= 0, "fake_fail_after_tokens: expected >= 0")
+        require(self.metrics_port != self.port, "metrics_port: must differ from the port")
+        require(self.fake_fail_after_tokens >= 0, "fake_fail_after_tokens: expected >= 0")
         check_prefix(self.redis_prefix)
         check_one_of("engine", self.engine, get_args(EngineKind))
-        _check(
+        require(
             self.engine == "fake" or self.model_path is not None,
             f"model_path is required for the {self.engine} engine",
         )
-        _check(1 <= self.port <= 65535, "port: expected 1..65535")
-        _check(self.n_gpu_layers >= -1, "n_gpu_layers: expected >= -1")
-        _check(self.n_ctx >= 16, "n_ctx: expected >= 16")
-        _check(self.default_max_tokens >= 0, "default_max_tokens: expected >= 0")
-        _check(self.n_threads is None or self.n_threads >= 1, "n_threads: expected >= 1")
-        _check(not self.embedding or self.engine == "llama", "embedding: needs the llama engine")
-        _check(self.slots >= 1, "slots: expected >= 1")
-        _check(self.max_queue >= 0, "max_queue: expected >= 0")
-        _check(self.heartbeat_interval_s > 0, "heartbeat_interval_s: expected > 0")
-        _check(
+        require(1 <= self.port <= 65535, "port: expected 1..65535")
+        require(self.n_gpu_layers >= -1, "n_gpu_layers: expected >= -1")
+        require(self.n_ctx >= 16, "n_ctx: expected >= 16")
+        require(self.default_max_tokens >= 0, "default_max_tokens: expected >= 0")
+        require(self.n_threads is None or self.n_threads >= 1, "n_threads: expected >= 1")
+        require(not self.embedding or self.engine == "llama", "embedding: needs the llama engine")
+        require(self.slots >= 1, "slots: expected >= 1")
+        require(self.max_queue >= 0, "max_queue: expected >= 0")
+        require(self.heartbeat_interval_s > 0, "heartbeat_interval_s: expected > 0")
+        require(
             self.heartbeat_ttl_s > self.heartbeat_interval_s,
             "heartbeat_ttl_s: must be longer than the heartbeat interval, or the record expires "
             "between heartbeats",
         )
-        _check(self.drain_timeout_s >= 0, "drain_timeout_s: expected >= 0")
-        _check(self.fake_ttft_ms >= 0, "fake_ttft_ms: expected >= 0")
+        require(self.drain_timeout_s >= 0, "drain_timeout_s: expected >= 0")
+        require(self.fake_ttft_ms >= 0, "fake_ttft_ms: expected >= 0")
         object.__setattr__(self, "log_level", member("log_level", self.log_level, LogLevel))
         object.__setattr__(self, "log_format", member("log_format", self.log_format, LogFormat))
         check_endpoint(self.otlp_endpoint)
@@ -213,7 +212,7 @@ class WorkerConfig:
             name_problem("worker_id", self.worker_id),
             url_problem(self.advertise_url, "advertise_url"),
         ):
-            _check(problem is None, problem or "")
+            require(problem is None, problem or "")
         if self.model_path is not None and is_hub_spec(self.model_path):
             # Last, once the cheap checks passed; before the event loop (worker.models).
             try:
@@ -241,23 +240,6 @@ class WorkerConfig:
     @property
     def heartbeat_ttl_ms(self) -> int:
         return round(self.heartbeat_ttl_s * 1000)
-
-
-def _redis_scheme(url: str) -> str:
-    """The URL's scheme; "" when it does not parse, since urllib's errors quote the URL, and
-    with it any password."""
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises on a port out of range
-    except ValueError:
-        return ""
-    return parts.scheme
-
-
-def _check(ok: bool, message: str) -> None:
-    """`message` starts with the field's name, which the CLI replaces by the flag written."""
-    if not ok:
-        raise ValueError(message)
 
 
 OPTIONS = Options(

@@ -9,7 +9,15 @@ from typing import Literal
 
 import pytest
 
-from contract.options import ConfigError, LogLevel, Options, check_one_of, member, meta
+from contract.options import (
+    ConfigError,
+    LogLevel,
+    Options,
+    check_one_of,
+    is_redis_url,
+    member,
+    meta,
+)
 
 
 class Colour(enum.StrEnum):
@@ -183,3 +191,10 @@ def test_choice_checks_name_the_field() -> None:
     check_one_of("mode", "fast", ("fast", "slow"))
     with pytest.raises(ValueError, match=r"^mode must be one of fast, slow, got 'x'$"):
         check_one_of("mode", "x", ("fast", "slow"))
+
+
+def test_a_redis_url_must_parse_and_name_a_redis_scheme() -> None:
+    for good in ("redis://127.0.0.1:6379/0", "rediss://u:p@h:6380", "unix:///run/redis.sock"):
+        assert is_redis_url(good), good
+    for bad in ("http://h:6379", "redis://h:99999", "redis://u:s3cret\uff03pw@h:6379/0", ""):
+        assert not is_redis_url(bad), bad
