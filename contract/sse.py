@@ -53,10 +53,18 @@ def usage_trailer(usage: Mapping[str, int]) -> bytes:
     return USAGE_TRAILER_PREFIX + orjson.dumps(usage) + FRAME_END
 
 
-def trailer_total_tokens(trailer: bytes) -> int | None:
-    """`total_tokens` of one usage trailer frame (prefix and FRAME_END included); None if bad."""
-    body = trailer[len(USAGE_TRAILER_PREFIX) :].removesuffix(FRAME_END)
+def trailer_usage(trailer: bytes) -> Any:
+    """The usage object of one usage trailer frame (prefix and FRAME_END included); None if it
+    does not parse."""
     try:
-        return int(orjson.loads(body)["total_tokens"])
+        return orjson.loads(trailer[len(USAGE_TRAILER_PREFIX) :].removesuffix(FRAME_END))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def trailer_total_tokens(trailer: bytes) -> int | None:
+    """`total_tokens` of one usage trailer frame; None if bad."""
+    try:
+        return int(trailer_usage(trailer)["total_tokens"])
     except (ValueError, KeyError, TypeError):
         return None

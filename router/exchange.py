@@ -18,7 +18,7 @@ from aiohttp import hdrs
 
 from contract.logs import REQUEST_ID_HEADER as REQUEST_ID_HEADER
 from contract.logs import Outcome
-from contract.sse import FRAME_END, USAGE_TRAILER_HEADER, USAGE_TRAILER_PREFIX
+from contract.sse import FRAME_END, USAGE_TRAILER_HEADER, USAGE_TRAILER_PREFIX, trailer_usage
 from contract.tracing import RequestSpan
 from router.metrics import RequestSeries
 from router.upstream import Api
@@ -76,10 +76,7 @@ class TokenMeter:
 
     def take_trailer(self, frame: bytes) -> None:
         """Take the exact figures from a usage trailer frame (contract.sse), if it parses."""
-        try:
-            self.take_usage(orjson.loads(frame[len(USAGE_TRAILER_PREFIX) :]))
-        except orjson.JSONDecodeError:
-            return
+        self.take_usage(trailer_usage(frame))
 
 
 @dataclass(frozen=True, slots=True)
