@@ -2,7 +2,7 @@
 
 redis-server, two fake workers (SLOTS slots each) and a router with auth on; projects A and B,
 each with a key. Tenant A floods FLOOD short streams at once, which fills every slot and the
-router's queue (queue_max 256) and gets some 503s of its own; the moment it does, tenant B sends
+router's queue (QUEUE_MAX) and gets some 503s of its own; the moment it does, tenant B sends
 B_REQUESTS longer plain answers at once. B must get no 503, and its p99 time to first byte (a
 plain answer's first byte comes with the whole answer) must stay under twice what the same
 B_REQUESTS get on the idle stack.
@@ -12,8 +12,9 @@ within that half (B_REQUESTS <= 2 * SLOTS / 2): a burst that queued even alone w
 as long under any fair share, which is the share working, not a flood hurting B. What the flood
 may still cost B is waiting for places to free: at most one of A's short streams (A_MS), against
 B's own answer (B_MS, about 3 A_MS) that the unloaded figure already holds. Under plain FIFO,
-B waits behind A's whole queue (256 / 40 slots of A_MS, about 2 B_MS) or is refused with
-`queue_full`.
+B waits behind A's whole queue or is refused with `queue_full`. The queue is kept small (the flood
+is nearly 3 times slots + queue) so that the flood fills it even on a busy machine, where its
+requests arrive slower than the first ones finish.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ TOKENS_PER_S = 10  # slow enough that the flood outruns the slots even on a busy
 A_TOKENS = 3  # A's streams: about TTFT + 2 tokens = 300 ms (A_MS)
 B_TOKENS = 9  # B's answers: about TTFT + 8 tokens = 900 ms (B_MS)
 FLOOD = 300
+QUEUE_MAX = 64  # B's fair share of it (32) holds all of B's burst
 B_REQUESTS = 20
 
 
@@ -77,7 +79,9 @@ async def stack(
         worker_process(tmp_path, redis_server.url, f"w{i}", engine="fake", extra=options)
         for i in range(2)
     ]
-    router = router_process(tmp_path, redis_server.url, auth=True)
+    router = router_process(
+        tmp_path, redis_server.url, extra=("--queue-max", str(QUEUE_MAX)), auth=True
+    )
     services = [*workers, router]
     try:
         for service in services:
@@ -141,7 +145,7 @@ async def test_a_flood_from_one_tenant_delays_only_that_tenant(stack: Stack) -> 
             return status
 
         flood = [asyncio.create_task(flood_one()) for _ in range(FLOOD)]
-        await asyncio.wait_for(queue_full.wait(), 10)  # A alone has filled the queue
+        await asyncio.wait_for(queue_full.wait(), 30)  # A alone has filled the queue
         loaded = await burst_of_b(session, stack)
         flood_statuses = await asyncio.gather(*flood)
 
@@ -155,4 +159,5 @@ async def test_a_flood_from_one_tenant_delays_only_that_tenant(stack: Stack) -> 
     print(figures)
     assert b_statuses == [200] * B_REQUESTS, figures
     assert under_flood < 2 * base, figures
-    assert flood_statuses.count(200) > FLOOD / 2, figures  # A was served too, not starved
+    # A was served too, not starved: every slot and its queue place, less those B displaced
+    assert flood_statuses.count(200) >= 2 * SLOTS + QUEUE_MAX - B_REQUESTS, figures
