@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from contract import prefixes as prefix_hashes
 from contract.keyspace import DEFAULT_KEYSPACE, Keyspace
 
 if TYPE_CHECKING:
@@ -150,20 +151,29 @@ class WorkerRecord:
     started_ms: int
     heartbeat_ms: int
     api: WorkerApi = WorkerApi.XERO  # records written before this field read as "xero"
+    # Hashes of the conversation prefixes its KV cache holds (contract.prefixes); () if none
+    # or unknown (records written before this field, upstreams that do not say).
+    prefixes: tuple[str, ...] = ()
     version: int = SCHEMA_VERSION
 
     @property
     def queue_depth(self) -> int:
         return self.running + self.waiting
 
-    def with_load(self, running: int, waiting: int) -> WorkerRecord:
-        return replace(self, running=running, waiting=waiting, heartbeat_ms=now_ms())
+    def with_load(
+        self, running: int, waiting: int, prefixes: tuple[str, ...] | None = None
+    ) -> WorkerRecord:
+        """This record with a new load (and cached prefixes, if given), stamped now."""
+        kept = self.prefixes if prefixes is None else prefixes[: prefix_hashes.MAX_ADVERTISED]
+        return replace(self, running=running, waiting=waiting, prefixes=kept, heartbeat_ms=now_ms())
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "prefixes": list(self.prefixes)}  # as its JSON decodes
 
     def to_hash(self) -> dict[str, str]:
-        return {k: str(v) for k, v in asdict(self).items()}
+        fields = {k: str(v) for k, v in asdict(self).items()}
+        fields["prefixes"] = prefix_hashes.encode(self.prefixes)
+        return fields
 
     def validate(self) -> WorkerRecord:
         """This record, or InvalidRecord saying what breaks the schema."""
@@ -189,6 +199,8 @@ class WorkerRecord:
                 return f"{field}: expected 0..{MAX_MS}"
         if not isinstance(self.api, WorkerApi):
             return "api: unknown"
+        if (problem := prefix_hashes.problem(self.prefixes)) is not None:
+            return f"prefixes: {problem}"
         if self.version != SCHEMA_VERSION:
             return f"version: this reader knows schema {SCHEMA_VERSION} only"
         return None
@@ -211,6 +223,7 @@ class WorkerRecord:
             started_ms=fields.integer("started_ms"),
             heartbeat_ms=fields.integer("heartbeat_ms"),
             api=fields.api(),
+            prefixes=fields.prefixes(),
             version=fields.integer("version", SCHEMA_VERSION),
         ).validate()
 
@@ -251,6 +264,22 @@ class _Fields:
             return WorkerState(self.text("state"))
         except ValueError:
             raise InvalidRecord("state: unknown", self.worker_id) from None
+
+    def prefixes(self) -> tuple[str, ...]:
+        raw = self._raw.get("prefixes")
+        if raw is None:
+            return ()
+        if isinstance(raw, list):  # an event's JSON, or to_dict()
+            if not all(isinstance(d, str) for d in raw):
+                raise InvalidRecord("prefixes: expected strings", self.worker_id)
+            raw = ",".join(raw)
+        text = _text(raw)
+        if text is None:
+            raise InvalidRecord("prefixes: expected a string", self.worker_id)
+        try:
+            return prefix_hashes.decode(text)
+        except ValueError as exc:
+            raise InvalidRecord(f"prefixes: {exc}", self.worker_id) from None
 
     def api(self) -> WorkerApi:
         if "api" not in self._raw:

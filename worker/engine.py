@@ -57,6 +57,7 @@ class Finished:
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # of prompt_tokens, read from a cache instead of evaluated
 
 
 class EngineError(Exception):
