@@ -17,6 +17,7 @@ SCENARIOS = {
     "balancing": "benchmarks.balancing",
     "real_model": "benchmarks.real_model",
     "scale_out": "benchmarks.scale_out",
+    "prefix_cache": "benchmarks.prefix_cache",
 }
 
 
