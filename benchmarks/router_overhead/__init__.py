@@ -1,6 +1,14 @@
-"""Scenario: the latency the router adds, and the requests/s one router process sustains.
+"""Scenario: what the router costs, side by side with other proxies and alone.
 
-    python -m benchmarks.router_overhead [--rounds N] [--requests-per-round N] [--out DIR]
+    python -m benchmarks.router_overhead [--rounds 5] [--duration-s 10] [--out DIR]
+
+The default run (benchmarks.router_overhead.compare) puts direct, nginx, vllm-router, a minimal
+aiohttp relay (a floor, not a product) and this router (auth off, auth on) in front of one mock
+upstream on pinned cores, in interleaved rounds; writes router_overhead.{json,md}.
+
+The router alone, in two parts (below), writes router_overhead_alone.{json,md}:
+
+    python -m benchmarks.router_overhead.cli [--rounds N] [--requests-per-round N] [--out DIR]
 
 Stack: redis-server, fake-engine workers (no time to first token, no delay between tokens, small
 max_tokens) and one router, all on 127.0.0.1 (benchmarks/stack.py).
@@ -24,7 +32,7 @@ Writes router_overhead.json (command, revision, machine, parameters, all figures
 router_overhead.md (a table for the README) to --out.
 """
 
-from benchmarks.router_overhead.cli import main
+from benchmarks.router_overhead.compare import main
 from benchmarks.router_overhead.latency import measure_latency
 from benchmarks.router_overhead.params import Params
 from benchmarks.router_overhead.rps import measure_rps

@@ -1,5 +1,5 @@
-"""`python -m benchmarks.router_overhead`."""
+"""`python -m benchmarks.router_overhead`: the side-by-side comparison."""
 
-from benchmarks.router_overhead.cli import main
+from benchmarks.router_overhead.compare import main
 
 raise SystemExit(main())

@@ -1,4 +1,7 @@
-"""Run both parts on one stack, and write router_overhead.json and router_overhead.md."""
+"""The router alone: run both parts on one stack, and write router_overhead_alone.{json,md}.
+
+python -m benchmarks.router_overhead.cli [--rounds N] [--requests-per-round N] [--out DIR]
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,10 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -138,30 +143,50 @@ def _throughput_lines(report: dict[str, Any]) -> list[str]:
 
 CLI = Cli(
     Params,
-    "python -m benchmarks.router_overhead",
+    "python -m benchmarks.router_overhead.cli",
     "Router-added latency and max requests/s of one router process.",
     ("out",),
 )
 
 
+def report_head(scenario: str, module: str, argv: list[str], params: Any) -> dict[str, Any]:
+    """A report's metadata, taken before the run (git state, machine, load average)."""
+    git = git_revision()
+    return {
+        "scenario": scenario,
+        "command": shlex.join(["python", "-m", module, *argv]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git": git,
+        "git_revision": git["revision"],
+        "machine": machine_info(),
+        "parameters": asdict(params),
+    }
+
+
+def write_outputs(
+    out: Path, stem: str, report: dict[str, Any], render: Callable[[dict[str, Any]], str]
+) -> None:
+    """STEM.json and STEM.md (`render(report)`) in `out`, with the load average at the end;
+    prints the Markdown."""
+    report["machine"]["loadavg_end"] = list(os.getloadavg())
+    markdown = render(report)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    json_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    md_path.write_text(markdown)
+    sys.stdout.write(markdown)
+    sys.stdout.write(f"\nwrote {json_path} and {md_path}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     params, args, argv = CLI.parse(argv)
     params = replace(params, client=choose_client(params.client))
-    machine = machine_info()
-    git = git_revision()
-    started = datetime.now(UTC)
+    head = report_head("router_overhead_alone", "benchmarks.router_overhead.cli", argv, params)
     figures = run_scenario(run(params))
     if figures is None:
         return 130
-    machine["loadavg_end"] = list(os.getloadavg())
     report: dict[str, Any] = {
-        "scenario": "router_overhead",
-        "command": shlex.join(["python", "-m", "benchmarks.router_overhead", *argv]),
-        "date": started.isoformat(timespec="seconds"),
-        "git": git,
-        "git_revision": git["revision"],
-        "machine": machine,
-        "parameters": asdict(params),
+        **head,
         "targets": {
             "added_p50_ms": TARGET_ADDED_P50_MS,
             "added_p99_ms": TARGET_ADDED_P99_MS,
@@ -170,11 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         **figures,
     }
     report["throughput"]["client_detail"] = client_detail(params.client)
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / "router_overhead.json"
-    md_path = args.out / "router_overhead.md"
-    json_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
-    md_path.write_text(render_markdown(report))
-    sys.stdout.write(md_path.read_text())
-    sys.stdout.write(f"\nwrote {json_path} and {md_path}\n")
+    write_outputs(args.out, "router_overhead_alone", report, render_markdown)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

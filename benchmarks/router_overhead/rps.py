@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,43 +86,20 @@ async def run_client(
     client: str, url: str, params: Params, concurrency: int, cpus: frozenset[int] | None
 ) -> dict[str, Any]:
     """One fixed-duration run of a separate load-generator process; its summary."""
-    body = LoadSpec(
-        urls=(url,), model=params.model_id, concurrency=1, requests=1, max_tokens=params.max_tokens
-    ).body()
-    prefix = ["taskset", "-c", _cpus(cpus)] if cpus and shutil.which("taskset") else []
-    with tempfile.TemporaryDirectory(prefix="bench-client-") as tmp:
-        if client == "wrk":
-            script = Path(tmp) / "post.lua"
-            await asyncio.to_thread(script.write_text, WRK_SCRIPT.format(body=body.decode()))
-            threads = max(1, min(len(cpus) if cpus else 1, concurrency))
-            argv = [
-                "wrk", "-t", str(threads), "-c", str(concurrency),
-                "-d", f"{params.rps_duration_s:g}s", "--timeout", "10s", "-s", str(script), url,
-            ]  # fmt: skip
-        else:
-            argv = [
-                sys.executable, "-m", "benchmarks.loadgen", "--url", url,
-                "--model", params.model_id, "--concurrency", str(concurrency),
-                "--duration-s", f"{params.rps_duration_s:g}",
-                "--warmup-requests", str(concurrency * 4),
-                "--max-tokens", str(params.max_tokens), "--json",
-            ]  # fmt: skip
-        out = await _run_process([*prefix, *argv], params.rps_duration_s + 60)
-    line = next(ln for ln in reversed(out.splitlines()) if ln.startswith("{"))
-    raw = orjson.loads(line)
     if client == "wrk":
-        duration_s = raw["duration_us"] / 1e6
-        ok = raw["requests"] - raw["status"]
-        errors = {k: raw[k] for k in ("connect", "read", "write", "status", "timeout") if raw[k]}
-        return {
-            "rps": ok / duration_s,
-            "requests": raw["requests"],
-            "ok": ok,
-            "errors": errors,
-            "duration_s": duration_s,
-            "p50_ms": raw["p50_us"] / 1e3,
-            "p99_ms": raw["p99_us"] / 1e3,
-        }
+        body = LoadSpec(
+            urls=(url,), model=params.model_id, concurrency=1, requests=1,
+            max_tokens=params.max_tokens,
+        ).body()  # fmt: skip
+        return await run_wrk(url, body, concurrency, params.rps_duration_s, cpus)
+    argv = [
+        sys.executable, "-m", "benchmarks.loadgen", "--url", url,
+        "--model", params.model_id, "--concurrency", str(concurrency),
+        "--duration-s", f"{params.rps_duration_s:g}",
+        "--warmup-requests", str(concurrency * 4),
+        "--max-tokens", str(params.max_tokens), "--json",
+    ]  # fmt: skip
+    raw = _last_json(await _run_process([*_pin(cpus), *argv], params.rps_duration_s + 60))
     return {
         "rps": raw["rps"],
         "requests": raw["requests"],
@@ -131,6 +109,53 @@ async def run_client(
         "p50_ms": raw["e2e"].get("p50_ms"),
         "p99_ms": raw["e2e"].get("p99_ms"),
     }
+
+
+async def run_wrk(
+    url: str,
+    body: bytes,
+    concurrency: int,
+    duration_s: float,
+    cpus: frozenset[int] | None,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """`wrk` POSTing `body` (with `headers`) for `duration_s` (whole seconds, at least 1),
+    pinned to `cpus`; its summary.
+    A non-2xx answer counts as an error, not as a request served."""
+    lines = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
+    with tempfile.TemporaryDirectory(prefix="bench-client-") as tmp:
+        script = Path(tmp) / "post.lua"
+        text = WRK_SCRIPT.format(body=body.decode()) + lines
+        await asyncio.to_thread(script.write_text, text)
+        threads = max(1, min(len(cpus) if cpus else 1, concurrency))
+        argv = [
+            "wrk", "-t", str(threads), "-c", str(concurrency),
+            "-d", f"{max(1, round(duration_s))}s", "--timeout", "10s", "-s", str(script), url,
+        ]  # fmt: skip
+        raw = _last_json(await _run_process([*_pin(cpus), *argv], duration_s + 60))
+    duration_s = raw["duration_us"] / 1e6
+    ok = raw["requests"] - raw["status"]
+    errors = {k: raw[k] for k in ("connect", "read", "write", "status", "timeout") if raw[k]}
+    return {
+        "rps": ok / duration_s,
+        "requests": raw["requests"],
+        "ok": ok,
+        "errors": errors,
+        "duration_s": duration_s,
+        "p50_ms": raw["p50_us"] / 1e3,
+        "p99_ms": raw["p99_us"] / 1e3,
+    }
+
+
+def _pin(cpus: frozenset[int] | None) -> list[str]:
+    return ["taskset", "-c", _cpus(cpus)] if cpus and shutil.which("taskset") else []
+
+
+def _last_json(out: str) -> Any:
+    for line in reversed(out.splitlines()):
+        if line.startswith("{"):
+            return orjson.loads(line)
+    raise RuntimeError(f"no summary line in the load generator's output:\n{out[-2000:]}")
 
 
 async def _run_process(argv: list[str], timeout_s: float) -> str:
