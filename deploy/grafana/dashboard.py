@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from deploy.grafana import operations
-from deploy.grafana.panels import DS, RATE, Layout, M, R, W, quantiles, stat, timeseries
+from deploy.grafana.panels import DS, RATE, Layout, M, Panel, R, W, quantiles, stat, timeseries
 
 UID = "xero-router"
 
@@ -211,6 +211,7 @@ def _per_model(g: Layout) -> None:
             ),
         )
     )
+    g.add(_reuse("model"))
     g.add(
         timeseries(
             "Running and waiting by model",
@@ -235,6 +236,19 @@ def _per_model(g: Layout) -> None:
     )
 
 
+def _reuse(by: str) -> Panel:
+    """Prompt tokens read from a KV cache (a slot's or the host prompt cache) instead of
+    evaluated: what cache-aware routing buys."""
+    cached = f"sum by ({by}) (rate(worker_prompt_tokens_cached_total{{{M}, {W}}}[{RATE}]))"
+    evaluated = f"sum by ({by}) (rate(worker_prompt_tokens_evaluated_total{{{M}, {W}}}[{RATE}]))"
+    return timeseries(
+        f"Prompt cache reuse by {by}",
+        "percentunit",
+        (f"{cached} / ({cached} + {evaluated})", "{{" + by + "}}"),
+        description="Share of prompt tokens reused from a cache; the rest were evaluated.",
+    )
+
+
 def _per_worker(g: Layout) -> None:
     g.row("Per worker")
     g.add(
@@ -250,8 +264,11 @@ def _per_worker(g: Layout) -> None:
                 f"sum by (worker) (router_worker_in_flight{{{M}, {W}, {R}}})",
                 "{{worker}} in flight from routers",
             ),
+            (f"sum by (worker) (worker_slots{{{M}, {W}}})", "{{worker}} slots"),
+            description="Above its slots, a worker's requests wait in its own queue.",
         )
     )
+    g.add(_reuse("worker"))
     chat = f'worker_http_requests_total{{route="/v1/chat/completions", {M}'
     g.add(
         timeseries(
