@@ -7,9 +7,10 @@ ends with one error frame and then [DONE] (`error_event`), as OpenAI's streams d
 
 The usage trailer: the router asks a worker for its usage out of band (only for keys with a
 tokens-per-minute limit) by sending USAGE_TRAILER_HEADER; the worker then ends the stream with one
-SSE comment frame, `: usage {"prompt_tokens": ..., "completion_tokens": ..., "total_tokens": ...}`,
-before [DONE]. SSE clients ignore comments, and the router strips the frame anyway, so what the
-client receives stays byte for byte what OpenAI sends.
+SSE comment frame, `: usage {"prompt_tokens": ..., "completion_tokens": ..., "total_tokens": ...}`
+(the answer's usage object, so with `prompt_tokens_details` too), before [DONE]. SSE clients
+ignore comments, and the router strips the frame anyway, so what the client receives stays
+byte for byte what OpenAI sends.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def error_event(error: ApiError) -> bytes:
     return b"data: " + error.body() + FRAME_END + DONE
 
 
-def usage_trailer(usage: Mapping[str, int]) -> bytes:
+def usage_trailer(usage: Mapping[str, Any]) -> bytes:
     """The comment frame that carries a stream's usage to the router."""
     return USAGE_TRAILER_PREFIX + orjson.dumps(usage) + FRAME_END
 

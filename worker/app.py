@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from worker import appkeys
 from worker.auth import SECRET_ENV, auth_middleware
 from worker.config import WorkerConfig
-from worker.engine import Engine
+from worker.engine import Engine, PrefixCache
 from worker.fake_engine import FakeEngine
 from worker.handlers import add_routes, error_middleware
 from worker.heartbeat import REDIS_TIMEOUT_S, Heartbeat
@@ -47,6 +47,8 @@ def build_engine(config: WorkerConfig) -> Engine:
             slots=config.slots,
             default_max_tokens=config.default_max_tokens or None,
             fail_after_tokens=config.fake_fail_after_tokens,
+            prefill_tokens_per_s=config.fake_prefill_tokens_per_s,
+            ignore_eos=config.ignore_eos,
         )
     if config.model_path is None:
         raise ValueError(f"the {config.engine} engine needs a model path")
@@ -70,6 +72,8 @@ def build_engine(config: WorkerConfig) -> Engine:
             n_threads=config.n_threads,
             slots=config.slots,
             default_max_tokens=config.default_max_tokens or None,
+            ignore_eos=config.ignore_eos,
+            prompt_cache_mib=config.prompt_cache_mib,
         )
         return engine
     from worker.llama_engine import LlamaEngine
@@ -86,6 +90,7 @@ def build_engine(config: WorkerConfig) -> Engine:
         n_gpu_layers=config.n_gpu_layers,
         n_threads=config.n_threads,
         default_max_tokens=config.default_max_tokens or None,
+        ignore_eos=config.ignore_eos,
     )
 
 
@@ -118,11 +123,13 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     """Registers after the engine has loaded (its cleanup_ctx comes first), or leaves that to
     the CLI, which registers once its socket listens (REGISTER_ON_STARTUP)."""
+    engine = app[appkeys.ENGINE]
     heartbeat = Heartbeat(
         app[appkeys.REDIS],
         app[appkeys.CONFIG],
         app[appkeys.SLOTS],
-        device=app[appkeys.ENGINE].device,
+        device=engine.device,
+        cache=engine if isinstance(engine, PrefixCache) else None,
     )
     app[appkeys.HEARTBEAT] = heartbeat
     if app[appkeys.REGISTER_ON_STARTUP]:

@@ -21,16 +21,29 @@ LlamaEngine's, token for token, greedy, seeded or penalised (tests/worker/
 test_batched_engine.py). `kv_unified=True` shares all cells instead and decodes a step in one
 call, with last-bit differences that can flip a near-tie and send greedy texts apart.
 
-A batch over split streams is also split into one ubatch per run of consecutive ids, and each
-ubatch reads the weights again: so a request takes the lowest free slot, and a slot left free
-for COMPACT_AFTER_STEPS steps below a busy one is filled by moving the highest busy stream down
-(llama_memory_seq_cp copies its stream before the next decode).
-
 A finished or cancelled stream frees its slot in the step where that is seen; cancellation is
 checked before every step, so generation stops at the next token. The slot's own stream keeps
-its tokens as a prompt cache, which no other slot could use anyway: the next request admitted
-there reads only what it does not share with them (llama_memory_seq_rm drops the rest), as
-LlamaEngine reuses its one cache. With `kv_unified` the cells go back to the shared pool at once.
+its tokens as a prompt cache. A new request takes the free slot whose cache shares the longest
+prefix with its prompt (ties, often just the system prompt: the least recently used), and reads
+only the rest (llama_memory_seq_rm drops the cache's other tokens), as LlamaEngine reuses its
+one cache. Before a slot's cache is cut short, its KV state is copied to host RAM
+(`prompt_cache_mib`, LRU; llama_state_seq_get_data, ~15 ms for 1,000 tokens here), and a
+prompt whose longest cached prefix is there is restored into a slot (llama_state_seq_set_data
+into any sequence id, ~4 ms) instead of being read again: so 16 conversations on 4 slots each
+find their history at their next turn. worker.prompt_cache plans this, worker.kv_caches does it.
+A restored stream holds the values a prefill would write, bit for bit, so outputs are unchanged.
+With `kv_unified` the cells go back to the shared pool at once, and nothing is cached.
+
+A batch over split streams is also split into one ubatch per run of consecutive ids, and each
+ubatch reads the weights again: so a slot left free for COMPACT_AFTER_STEPS steps below a busy
+one is filled by moving the highest busy stream down (llama_memory_seq_cp copies its stream
+before the next decode), but only over a cache that is small or saved to host RAM first: a
+ubatch a step costs far less than reading a conversation's history again. With the host cache
+off (`prompt_cache_mib=0`), holes with a cache stay holes.
+
+`cached_prefixes()` names what the slots and host cache hold for the heartbeat: each cache keeps
+the contract.prefixes digest of the chat whose prompt it holds (worker.engine.Chat.prefix).
+`ignore_eos` generates past end-of-generation tokens, up to the length limit (benchmarks).
 
 Modules: this one is the event-loop side (load, close, stream); worker.step_loop the inference
 thread; worker.llama_native the llama.cpp calls both make.
@@ -55,6 +68,7 @@ from worker.engine import (
     Prompt,
     check_logit_bias,
     check_prompt,
+    prompt_prefix,
     relay,
     with_default_length,
 )
@@ -78,14 +92,23 @@ class BatchedLlamaEngine:
         prefill_chunk: int = 256,
         kv_unified: bool = False,
         default_max_tokens: int | None = None,
+        prompt_cache_mib: int = 256,
+        ignore_eos: bool = False,
     ) -> None:
         if not 1 <= slots <= MAX_SEQ:
             raise ValueError(f"slots must be 1..{MAX_SEQ}, got {slots}")
         if prefill_chunk < 8:
             raise ValueError(f"prefill_chunk must be >= 8, got {prefill_chunk}")
+        if prompt_cache_mib < 0:
+            raise ValueError(f"prompt_cache_mib must be >= 0, got {prompt_cache_mib}")
         self._path = model_path
         self._layout = Layout(
-            n_ctx=n_ctx, slots=slots, prefill_chunk=prefill_chunk, kv_unified=kv_unified
+            n_ctx=n_ctx,
+            slots=slots,
+            prefill_chunk=prefill_chunk,
+            kv_unified=kv_unified,
+            prompt_cache_bytes=prompt_cache_mib << 20,
+            ignore_eos=ignore_eos,
         )
         self._n_gpu_layers = n_gpu_layers
         self._n_threads = n_threads
@@ -116,6 +139,12 @@ class BatchedLlamaEngine:
         """(cells in use, cells in all), across the slots (StepLoop.kv_cells_used)."""
         steps, layout = self._steps, self._layout
         return None if steps is None else (steps.kv_cells_used(), layout.n_ctx * layout.slots)
+
+    def cached_prefixes(self) -> tuple[str, ...]:
+        """The contract.prefixes digests of the chats the slots and host cache hold, most
+        recent first: a tuple the inference thread replaces, so safe from any thread."""
+        steps = self._steps
+        return () if steps is None else steps.caches.prefixes
 
     @property
     def device(self) -> str:
@@ -183,7 +212,8 @@ class BatchedLlamaEngine:
         if params.response_format is not None:
             # Converted (or refused) here, off the inference thread; the step loop hits the cache.
             await asyncio.to_thread(chat.grammar, params.response_format)
-        request = Request(prompt, params, asyncio.get_running_loop(), asyncio.Queue())
+        loop = asyncio.get_running_loop()
+        request = Request(prompt, params, loop, asyncio.Queue(), digest=prompt_prefix(messages))
         if self._closed:
             raise EngineStopped()
         steps.submit(request)

@@ -77,7 +77,7 @@ async def serve(config: WorkerConfig, secret: str | None = None) -> bool:
     failed = app[appkeys.ENGINE_FAILED]
     try:
         await runner.setup()  # loads the model
-        site = web.TCPSite(runner, config.host, config.port)
+        site = web.TCPSite(runner, config.host, config.port, backlog=config.backlog)
         await site.start()
         # Registered only now: a router that hears of this worker finds its port listening.
         if app[appkeys.ENGINE].failure.reason is None:

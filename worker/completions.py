@@ -34,14 +34,18 @@ class Choice:
     logprobs: Sequence[TokenLogprob] = ()
 
 
-def usage(*finished: Finished) -> dict[str, int]:
-    """One answer's usage over its choices: the prompt counted once, their completions summed."""
-    prompt = finished[0].prompt_tokens
+def usage(*finished: Finished) -> dict[str, Any]:
+    """One answer's usage over its choices: the prompt counted once, their completions summed.
+    `prompt_tokens_details.cached_tokens` is there always, 0 on a miss, as OpenAI and
+    llama-server send it: the first choice's (a later choice of the same prompt hits the
+    cache by construction, which says nothing about the request)."""
+    first = finished[0]
     completion_tokens = sum(done.completion_tokens for done in finished)
     return {
-        "prompt_tokens": prompt,
+        "prompt_tokens": first.prompt_tokens,
         "completion_tokens": completion_tokens,
-        "total_tokens": prompt + completion_tokens,
+        "total_tokens": first.prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": first.cached_tokens},
     }
 
 
@@ -73,7 +77,7 @@ def chat_choice(
 
 
 def completion(
-    completion_id: str, model: str, choices: list[dict[str, Any]], usage: dict[str, int]
+    completion_id: str, model: str, choices: list[dict[str, Any]], usage: dict[str, Any]
 ) -> dict[str, Any]:
     """A chat.completion."""
     return {
@@ -152,7 +156,7 @@ class ChunkWriter:
         """This choice's finish chunk."""
         return self._chunk({}, reason)
 
-    def end(self, usage: dict[str, int]) -> bytes:
+    def end(self, usage: dict[str, Any]) -> bytes:
         """What ends the stream, once after every choice: the usage chunk (if asked for), the
         usage trailer (if asked for), then [DONE]."""
         frames = b""

@@ -103,6 +103,10 @@ class WorkerConfig:
     )
     host: str = field(default="127.0.0.1", metadata=meta("address to listen on"))
     port: int = field(default=9001, metadata=meta("port to listen on"))
+    backlog: int = field(
+        default=4096,
+        metadata=meta("listen queue of --port; the kernel caps it at net.core.somaxconn"),
+    )
     metrics_port: int | None = field(
         default=None,
         metadata=meta("serve /metrics only on this port (same host; /health on both); auto: PORT"),
@@ -150,6 +154,27 @@ class WorkerConfig:
     fake_tokens_per_s: float = field(
         default=200.0, metadata=meta("fake engine: tokens per second, <= 0 for no delay")
     )
+    fake_prefill_tokens_per_s: float = field(
+        default=0.0,
+        metadata=meta(
+            "fake engine: prompt tokens evaluated per second, so the time to first token grows "
+            "with the uncached part of the prompt; 0: a fixed fake_ttft_ms"
+        ),
+    )
+    ignore_eos: bool = field(
+        default=False,
+        metadata=meta(
+            "for benchmarks: generate past end-of-generation, so every answer has exactly its "
+            "max_tokens (or the worker's default length)"
+        ),
+    )
+    prompt_cache_mib: int = field(
+        default=256,
+        metadata=meta(
+            "batched engine: MiB of host RAM for KV states of prompts moved out of the slots, "
+            "restored when a conversation comes back; 0: off"
+        ),
+    )
     fake_fail_after_tokens: int = field(
         default=0,
         metadata=meta("fake engine: fail for good after this many tokens (tests); 0: never"),
@@ -187,6 +212,7 @@ class WorkerConfig:
             f"model_path is required for the {self.engine} engine",
         )
         require(1 <= self.port <= 65535, "port: expected 1..65535")
+        require(self.backlog >= 1, "backlog: expected >= 1")
         require(self.n_gpu_layers >= -1, "n_gpu_layers: expected >= -1")
         require(self.n_ctx >= 16, "n_ctx: expected >= 16")
         require(self.default_max_tokens >= 0, "default_max_tokens: expected >= 0")
@@ -194,6 +220,7 @@ class WorkerConfig:
         require(not self.embedding or self.engine == "llama", "embedding: needs the llama engine")
         require(self.slots >= 1, "slots: expected >= 1")
         require(self.max_queue >= 0, "max_queue: expected >= 0")
+        require(self.prompt_cache_mib >= 0, "prompt_cache_mib: expected >= 0")
         require(self.heartbeat_interval_s > 0, "heartbeat_interval_s: expected > 0")
         require(
             self.heartbeat_ttl_s > self.heartbeat_interval_s,
@@ -202,6 +229,7 @@ class WorkerConfig:
         )
         require(self.drain_timeout_s >= 0, "drain_timeout_s: expected >= 0")
         require(self.fake_ttft_ms >= 0, "fake_ttft_ms: expected >= 0")
+        require(self.fake_prefill_tokens_per_s >= 0, "fake_prefill_tokens_per_s: expected >= 0")
         object.__setattr__(self, "log_level", member("log_level", self.log_level, LogLevel))
         object.__setattr__(self, "log_format", member("log_format", self.log_format, LogFormat))
         check_endpoint(self.otlp_endpoint)

@@ -18,6 +18,10 @@ Contract every engine keeps:
 - At most `slots` streams generate at once; the caller (worker.slots.SlotQueue) guarantees it.
 - `on_prompt`, when given, is called on the event loop with the prompt's token count before the
   stream's first output (a metered stream sends it as a header before its first chunk).
+- `Finished.cached_tokens` counts the prompt tokens the engine reused from its KV cache rather
+  than evaluated; `cached_prefixes()` (PrefixCache) names what that cache holds as
+  contract.prefixes digests, most recent first, for the worker's registry record. A chat
+  prompt arrives as a `Chat`, which carries its digest as the client's JSON names it.
 - An engine that can no longer generate (its inference thread died, its context is in an
   unknown state) sets its `failure` once; from then on it refuses every stream with
   EngineStopped, and the worker leaves the registry and exits (worker.liveness).
@@ -38,16 +42,48 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Literal, Protocol, overload, runtime_checkable
 
 from contract.wire import Message, SamplingParams
 from worker.logprobs import Logprobs
 
 FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass(frozen=True, slots=True)
+class Chat(Sequence[Message]):
+    """A chat's messages and `prefix`: the contract.prefixes digest of all of them, hashed
+    from the request's JSON (as a router hashes it; parsed Messages drop fields the hash
+    keeps), None when unknown. Engines render it as any sequence of messages."""
+
+    messages: tuple[Message, ...]
+    prefix: str | None = None
+
+    @overload
+    def __getitem__(self, index: int) -> Message: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Message]: ...
+    def __getitem__(self, index: int | slice) -> Message | Sequence[Message]:
+        return self.messages[index]
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(self.messages)
+
+
 # A chat's messages, or the raw text of a legacy completion (no chat template).
 Prompt = Sequence[Message] | str
+
+
+def prompt_prefix(prompt: Prompt) -> str | None:
+    """The digest of a chat prompt's messages, None for anything else (a text prompt)."""
+    return prompt.prefix if isinstance(prompt, Chat) else None
+
+
 # Told the prompt's token count before the first output (see the contract above).
 OnPrompt = Callable[[int], None]
 
@@ -178,6 +214,16 @@ async def relay(out: asyncio.Queue[Item], cancel: threading.Event) -> AsyncGener
                 return
     finally:
         cancel.set()
+
+
+@runtime_checkable
+class PrefixCache(Protocol):
+    """An engine whose KV cache outlives a request: it names the chat prefixes it holds."""
+
+    def cached_prefixes(self) -> tuple[str, ...]:
+        """contract.prefixes digests of the prompts its cache holds, most recent first; cheap
+        and safe on the event loop (the heartbeat reads it on every publish)."""
+        ...
 
 
 class Engine(Protocol):

@@ -190,6 +190,7 @@ class _Generation:
             metrics.observe_generation(
                 prompt_tokens=item.prompt_tokens,
                 completion_tokens=item.completion_tokens,
+                cached_tokens=item.cached_tokens,
                 prompt_s=first_at - started,
                 generation_s=done - first_at,
             )

@@ -16,9 +16,11 @@ from aiohttp.typedefs import Handler
 
 from contract import sse
 from contract.errors import ApiError, ModelNotFound, for_http_status, internal_error_body
-from contract.wire import model_object, parse_chat_request
+from contract.prefixes import boundaries
+from contract.wire import chat_request_from_dict, model_object, parse_body
 from worker import appkeys
 from worker.completions import ChatAnswer
+from worker.engine import Chat
 from worker.generation import JSON, generate
 from worker.metrics import CONTENT_TYPE
 
@@ -75,7 +77,8 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     config = request.app[appkeys.CONFIG]
-    chat = parse_chat_request(await request.read())
+    data = parse_body(await request.read())
+    chat = chat_request_from_dict(data)
     if chat.model != config.model_id:
         raise ModelNotFound(chat.model)
     answer = ChatAnswer(
@@ -85,7 +88,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         usage_trailer=sse.USAGE_TRAILER_HEADER in request.headers,
         logprobs=chat.sampling.top_logprobs is not None,
     )
-    return await generate(request, chat.messages, chat.sampling, chat.stream, answer, chat.n)
+    # Hashed from the JSON as a router hashes it, so what the engine advertises matches.
+    found = boundaries(data["messages"], data.get("tools"))
+    prompt = Chat(chat.messages, found[-1].digest if found else None)
+    return await generate(request, prompt, chat.sampling, chat.stream, answer, chat.n)
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -5,10 +5,13 @@ config's Redis prefix), so a worker killed with -9 expires within one TTL, and a
 Redis for a while re-registers by itself on the first heartbeat that gets through; each
 registration also prunes the index of records that expired (routers only read the registry).
 The loop publishes every interval, or sooner when the slot queue reports a change in load, at
-most `1 / MIN_GAP_S` times a second. While Redis is unreachable it retries with jittered
-exponential backoff capped at MAX_BACKOFF_S, which is kept below the routers' default stale time
-(2.5 s) so that a router which finds Redis back (perhaps empty) sees this worker again before it
-would give it up; serving requests never depends on it.
+most `1 / MIN_GAP_S` times a second. With an engine that keeps a prompt cache (`cache`), every
+record carries the prefix digests it holds (worker.engine.PrefixCache), so what routers believe
+a worker caches is at most one heartbeat old: a request's end changes the load and so triggers
+a publish, and a restarted worker's first record holds none. While Redis is unreachable the
+loop retries with jittered exponential backoff capped at MAX_BACKOFF_S, which is kept below the
+routers' default stale time (2.5 s) so that a router which finds Redis back (perhaps empty) sees
+this worker again before it would give it up; serving requests never depends on it.
 
 Shutdown, in order (see `worker.app.registry_ctx` and `worker.cli`):
   1. drain: the slot queue refuses new requests (503) and routers hear EventType.DRAIN;
@@ -40,6 +43,7 @@ from contract.registry import (
 )
 from contract.registry import remove_worker as registry_remove_worker
 from worker.config import WorkerConfig
+from worker.engine import PrefixCache
 from worker.slots import SlotQueue
 
 logger = logging.getLogger(__name__)
@@ -59,10 +63,12 @@ class Heartbeat:
         *,
         device: str,
         api: WorkerApi = WorkerApi.XERO,
+        cache: PrefixCache | None = None,
     ) -> None:
         """`device` and `api` say what serves at the advertised URL: our engine, or a stock
-        server that worker.agent registers (api OPENAI)."""
+        server that worker.agent registers (api OPENAI); `cache` names what its KV cache holds."""
         self._redis = redis
+        self._cache = cache
         self._config = config
         self._slots = slots
         self._record = WorkerRecord(
@@ -148,7 +154,8 @@ class Heartbeat:
     async def _publish(self, event: EventType | None = None) -> None:
         slots = self._slots
         state = WorkerState.DRAINING if slots.draining else WorkerState.READY
-        self._record = self._record.with_load(slots.running, slots.waiting)
+        cached = None if self._cache is None else self._cache.cached_prefixes()
+        self._record = self._record.with_load(slots.running, slots.waiting, cached)
         if self._record.state is not state:
             self._record = replace(self._record, state=state)
         if event is None:

@@ -21,6 +21,11 @@ penalties, seed; llama.cpp's extra filters (top_k, min_p, repeat penalty) are sw
 A `response_format` adds a grammar (worker.grammar) to the sampler chain, so only tokens that
 keep the answer valid JSON (of the schema) can be drawn; forced tool calls arrive the same way
 (a ToolCallFormat), and offered tools enter the prompt through worker.tools.
+The context keeps what the last request left in it: the next one reuses the longest token
+prefix it shares with that (only the rest is evaluated; `Finished.cached_tokens` counts the
+reused), and `cached_prefixes()` names that prompt by its contract.prefixes digest. A seeded
+request evaluates from scratch (below). With `ignore_eos` (benchmarks) an end-of-generation
+token is counted as any other, so an answer runs to its max_tokens.
 `logit_bias` and logprobs go through a logits processor (worker.logprobs.LogitsHook), the
 first link of Llama's sampler chain, present only when a request asks for either: plain
 requests keep llama-cpp-python's own chain untouched.
@@ -62,6 +67,7 @@ from worker.engine import (
     check_logit_bias,
     check_prompt,
     completion_limit,
+    prompt_prefix,
     relay,
     with_default_length,
 )
@@ -90,8 +96,10 @@ class LlamaEngine:
         n_gpu_layers: int,
         n_threads: int | None,
         default_max_tokens: int | None = None,
+        ignore_eos: bool = False,
     ) -> None:
         self._model_path = model_path
+        self._ignore_eos = ignore_eos
         self.n_ctx = n_ctx
         self._default_max_tokens = default_max_tokens  # None: until end of generation
         self._n_gpu_layers = n_gpu_layers
@@ -107,6 +115,11 @@ class LlamaEngine:
     @property
     def failure(self) -> Failure:
         return self._failure
+
+    def cached_prefixes(self) -> tuple[str, ...]:
+        """The digest of the chat prompt the context holds, if it holds a named one."""
+        model = self._model
+        return () if model is None else model.cached
 
     def kv_cells(self) -> tuple[int, int] | None:
         """(cells in use, cells in all): the tokens its one context holds, the prompt cache
@@ -179,7 +192,7 @@ class LlamaEngine:
         if self._n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload():
             self.device = "gpu"
         self._llm = llm
-        self._model = ChatPrompt(llm, self.n_ctx)
+        self._model = ChatPrompt(llm, self.n_ctx, ignore_eos=self._ignore_eos)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +208,7 @@ class Run:
 class ChatPrompt:
     """The loaded model's chat template and tokenizer; used only on the engine thread."""
 
-    def __init__(self, llm: Llama, n_ctx: int) -> None:
+    def __init__(self, llm: Llama, n_ctx: int, *, ignore_eos: bool = False) -> None:
         import jinja2
         import llama_cpp
         from llama_cpp.llama_grammar import LlamaGrammar
@@ -224,6 +237,10 @@ class ChatPrompt:
         self._controls = ControlTokens.of_vocab(self._vocab, llm.n_vocab())
         self._piece_buffer = ctypes.create_string_buffer(256)
         self._n_vocab = llm.n_vocab()
+        self._ignore_eos = ignore_eos
+        # The digest of the chat prompt the context holds (read from the event loop): set once
+        # a prompt is evaluated, cleared while the context is being rewritten.
+        self.cached: tuple[str, ...] = ()
 
     def prompt_tokens(self, messages: Prompt, tools: Tools | None = None) -> list[int]:
         """The rendered, tokenised prompt; `tools` go through the template when it knows
@@ -297,7 +314,8 @@ class ChatPrompt:
         if run.on_prompt is not None:
             run.on_prompt(len(prompt))
         try:
-            finished = self._generate(prompt, params, constraint, run.emit, run.cancel)
+            held = prompt_prefix(messages)
+            finished = self._generate(prompt, params, constraint, run, held)
         except Exception as exc:
             logger.exception("generation failed; the engine cannot be trusted any more")
             run.failure.set(f"generation failed: {exc}")
@@ -306,15 +324,32 @@ class ChatPrompt:
         if finished is not None:
             run.emit(finished)
 
+    def _reuse(self, prompt: list[int]) -> int:
+        """Keep the longest prefix of `prompt` the context holds, less its last token (whose
+        logits the first sample needs); drop the rest. Returns how many tokens were kept."""
+        llm = self._llm
+        common = 0
+        for held, token in zip(llm.input_ids[: llm.n_tokens].tolist(), prompt, strict=False):
+            if held != token:
+                break
+            common += 1
+        keep = min(common, len(prompt) - 1)
+        if keep > 0 and llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            llm.n_tokens = keep
+            return keep
+        llm.reset()  # type: ignore[no-untyped-call]
+        return 0
+
     def _generate(
         self,
         prompt: list[int],
         params: SamplingParams,
         grammar: LlamaGrammar | None,
-        emit: Callable[[Item], None],
-        cancel: threading.Event,
+        run: Run,
+        held: str | None,
     ) -> Finished | None:
         llm = self._llm
+        emit, cancel = run.emit, run.cancel
         limit = completion_limit(self._n_ctx, len(prompt), params.max_tokens)
         if params.seed is None:
             llm.set_seed(LLAMA_DEFAULT_SEED)
@@ -323,18 +358,22 @@ class ChatPrompt:
             # Reusing a cached prompt prefix evaluates fewer tokens per batch, which shifts the
             # logits by rounding noise; a seeded request evaluates from scratch to repeat exactly.
             llm.reset()  # type: ignore[no-untyped-call]
+        self.cached = ()
+        cached = self._reuse(prompt)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopMatcher(params.stop)
         reason: FinishReason = "length"
         count = 0
         hook = LogitsHook.of(params)
-        tokens = self._tokens(prompt, params, grammar, hook)
+        tokens = self._tokens(prompt[cached:], params, grammar, hook)
         try:
             for token in tokens:
                 if cancel.is_set():
                     return None
+                if not count:  # the prompt is in the context now
+                    self.cached = () if held is None else (held,)
                 count += 1
-                if self._lib.llama_vocab_is_eog(self._vocab, token):
+                if not self._ignore_eos and self._lib.llama_vocab_is_eog(self._vocab, token):
                     reason = "stop"
                     break
                 if hook is not None and hook.row is not None and params.top_logprobs is not None:
@@ -346,7 +385,7 @@ class ChatPrompt:
                 if text:
                     emit(text)
                 if stopped:
-                    return Finished("stop", len(prompt), count)
+                    return Finished("stop", len(prompt), count, cached)
                 if count >= limit:
                     break
         finally:
@@ -356,7 +395,7 @@ class ChatPrompt:
         text = matcher.flush()
         if text:
             emit(text)
-        return Finished(reason, len(prompt), count)
+        return Finished(reason, len(prompt), count, cached)
 
     def _tokens(
         self,
@@ -380,6 +419,7 @@ class ChatPrompt:
             presence_penalty=params.presence_penalty,
             logits_processor=None if hook is None else LogitsProcessorList([hook]),
             grammar=grammar,
+            reset=False,  # _reuse has set the context up
         )
 
     def piece(self, token: int) -> bytes:

@@ -3,6 +3,7 @@ per-stream sampler chains. Everything here runs off the event loop; free what it
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,3 +109,22 @@ def new_logit_bias(bias: Sequence[tuple[int, float]], n_vocab: int) -> Any:
         entry.token = token
         entry.bias = value
     return llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(bias), entries)
+
+
+def save_seq(ctx: Any, seq_id: int) -> bytearray | None:
+    """Sequence `seq_id`'s KV state, copied to host memory; None if llama.cpp wrote nothing."""
+    size = llama_cpp.llama_state_seq_get_size(ctx, seq_id)
+    state = bytearray(size)
+    if size == 0:
+        return None
+    buffer = (ctypes.c_uint8 * size).from_buffer(state)
+    written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, seq_id)
+    del buffer  # the bytearray may not be resized while a ctypes view exports it
+    return state if written == size else None
+
+
+def restore_seq(ctx: Any, seq_id: int, state: bytearray) -> bool:
+    """Load a state from save_seq into sequence `seq_id` (any id), replacing what it held.
+    False: llama.cpp refused it (no room; the sequence is then empty)."""
+    buffer = (ctypes.c_uint8 * len(state)).from_buffer(state)
+    return bool(llama_cpp.llama_state_seq_set_data(ctx, buffer, len(state), seq_id))

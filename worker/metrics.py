@@ -66,6 +66,17 @@ class WorkerMetrics:
         self.completion_tokens = Counter(
             "worker_completion_tokens", "Completion tokens generated.", registry=r
         )
+        # Their sum is worker_prompt_tokens (of generations); reuse ratio = cached / that sum.
+        self.prompt_tokens_evaluated = Counter(
+            "worker_prompt_tokens_evaluated",
+            "Prompt tokens of generations that the engine evaluated.",
+            registry=r,
+        )
+        self.prompt_tokens_cached = Counter(
+            "worker_prompt_tokens_cached",
+            "Prompt tokens of generations reused from the engine's KV cache, not evaluated.",
+            registry=r,
+        )
         self.tokens_per_second = Histogram(
             "worker_generation_tokens_per_second",
             "Per-request decode speed: tokens after the first over the time after the first.",
@@ -129,8 +140,11 @@ class WorkerMetrics:
         completion_tokens: int,
         prompt_s: float,
         generation_s: float,
+        cached_tokens: int = 0,
     ) -> None:
         self.prompt_tokens.inc(prompt_tokens)
+        self.prompt_tokens_evaluated.inc(prompt_tokens - cached_tokens)
+        self.prompt_tokens_cached.inc(cached_tokens)
         self.completion_tokens.inc(completion_tokens)
         self.prompt_seconds.observe(prompt_s)
         self.generation_seconds.observe(generation_s)

@@ -32,6 +32,7 @@ from worker.engine import (
     completion_limit,
 )
 from worker.grammar import TokenCheck, new_grammar_sampler
+from worker.kv_caches import KvCaches
 from worker.llama_engine import ChatPrompt
 from worker.llama_native import LoadedModel, new_sampler, put_token
 from worker.logprobs import Logprobs, token_logprob
@@ -52,6 +53,7 @@ class Request:
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue[Item]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    digest: str | None = None  # contract.prefixes digest of the prompt's messages, if known
 
 
 @dataclass(eq=False, slots=True)
@@ -66,6 +68,7 @@ class Generation:
     stops: StopMatcher
     decoder: codecs.IncrementalDecoder
     fed: int = 0  # prompt tokens in the KV cache
+    cached: int = 0  # of them, reused from a prompt cache
     generated: list[int] = field(default_factory=list)  # sampled; all but the last decoded
     next_token: int | None = None  # sampled, to be decoded next step
     completion_tokens: int = 0
@@ -79,6 +82,8 @@ class Layout:
     slots: int
     prefill_chunk: int  # prompt tokens read per step, at most
     kv_unified: bool
+    prompt_cache_bytes: int = 0  # host RAM for saved sequence states (not with kv_unified)
+    ignore_eos: bool = False  # generate until the length limit
 
 
 class StepLoop:
@@ -99,13 +104,17 @@ class StepLoop:
         self._n_ctx = layout.n_ctx
         self._prefill_chunk = layout.prefill_chunk
         self._kv_unified = layout.kv_unified
+        self._ignore_eos = layout.ignore_eos
         self._incoming: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # a request is queued before the loop stops, or refused
         self._stopped = False
         # Slot i holds sequence id i.
         self._waiting: deque[Request] = deque()
         self._by_id: list[Generation | None] = [None] * layout.slots
-        self._cached: list[list[int]] = [[] for _ in range(layout.slots)]  # a free slot's KV
+        # Free slots' KV streams are prompt caches; shared (unified) cells go back at once.
+        self.caches = KvCaches(
+            ctx, layout.slots, layout.prompt_cache_bytes, keep=not layout.kv_unified
+        )
         self._freed_at = [0] * layout.slots  # step count when the slot was last freed
         self._steps = COMPACT_AFTER_STEPS
         self._outbox: list[tuple[Request, Item]] = []
@@ -127,8 +136,8 @@ class StepLoop:
         sampled but the last), a free one's prompt cache. Any thread: list lengths only, no
         llama call, so a scrape may be one step behind."""
         return sum(
-            len(cached) if seq is None else seq.fed + max(0, len(seq.generated) - 1)
-            for seq, cached in zip(self._by_id, self._cached, strict=True)
+            self.caches.tokens(i) if seq is None else seq.fed + max(0, len(seq.generated) - 1)
+            for i, seq in enumerate(self._by_id)
         )
 
     def run(self) -> None:
@@ -139,6 +148,7 @@ class StepLoop:
                 if any(self._by_id):
                     self._step()
                 self._post()
+                self.caches.publish()
         except BaseException as exc:
             logger.exception("the batched engine's step loop failed")
             self._failure.set(f"the step loop failed: {exc!r}")
@@ -164,7 +174,8 @@ class StepLoop:
             block = False
 
     def _schedule(self) -> None:
-        """Drop cancelled streams, admit waiting ones into the lowest free ids, close holes."""
+        """Drop cancelled streams, admit waiting ones where their prompts are cached, close
+        holes."""
         for seq in [s for s in self._busy() if s.request.cancelled.is_set()]:
             self._release(seq)
         while self._waiting and None in self._by_id:
@@ -178,7 +189,8 @@ class StepLoop:
                 self._send(request, exc)
                 continue
             limit = completion_limit(self._n_ctx, len(request.prompt), params.max_tokens)
-            seq_id = self._by_id.index(None)
+            free = [i for i, s in enumerate(self._by_id) if s is None]
+            seq_id, fed = self.caches.place(request.prompt, request.digest, free)
             self._by_id[seq_id] = Generation(
                 request=request,
                 seq_id=seq_id,
@@ -187,7 +199,8 @@ class StepLoop:
                 limit=limit,
                 stops=StopMatcher(params.stop),
                 decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
-                fed=self._reuse(seq_id, request.prompt),
+                fed=fed,
+                cached=fed,
             )
         self._compact()
 
@@ -203,36 +216,23 @@ class StepLoop:
         )
         return chain, link if plain else None
 
-    def _reuse(self, seq_id: int, prompt: list[int]) -> int:
-        """Keep the slot's cached prefix of `prompt` (up to all but 2 tokens, so the rest is
-        read in a ubatch of >= 2 as a fresh prompt would be); drop the remainder."""
-        cached, self._cached[seq_id] = self._cached[seq_id], []
-        keep = 0
-        for a, b in zip(cached, prompt[: max(0, len(prompt) - 2)], strict=False):
-            if a != b:
-                break
-            keep += 1
-        mem = llama_cpp.llama_get_memory(self._ctx)
-        if keep < len(cached) and not llama_cpp.llama_memory_seq_rm(mem, seq_id, keep, -1):
-            llama_cpp.llama_memory_seq_rm(mem, seq_id, -1, -1)  # never for a KV cache
-            return 0
-        return keep
-
     def _compact(self) -> None:
-        mem = llama_cpp.llama_get_memory(self._ctx)
         old = self._steps - COMPACT_AFTER_STEPS
         while True:
             hole = next(
-                (i for i, s in enumerate(self._by_id) if s is None and self._freed_at[i] <= old), -1
+                (
+                    i
+                    for i, s in enumerate(self._by_id)
+                    if s is None and self._freed_at[i] <= old and self.caches.movable(i)
+                ),
+                -1,
             )
             top = max((s.seq_id for s in self._busy()), default=-1)
             if not 0 <= hole < top:
                 return
             seq = self._by_id[top]
             assert seq is not None
-            llama_cpp.llama_memory_seq_cp(mem, top, hole, -1, -1)  # overwrites hole's cache
-            llama_cpp.llama_memory_seq_rm(mem, top, -1, -1)
-            self._cached[hole] = []
+            self.caches.move(top, hole)
             self._by_id[top], self._by_id[hole] = None, seq
             seq.seq_id = hole
             logger.debug("moved the stream in slot %s down to slot %s", top, hole)
@@ -330,7 +330,7 @@ class StepLoop:
         seq.completion_tokens += 1  # an end-of-generation token too: it cost a decode step
         seq.generated.append(token)
         seq.next_token = None
-        if llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
+        if not self._ignore_eos and llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
             self._finish(seq, "stop")
             return
         text, stopped = seq.stops.feed(seq.decoder.decode(self._chat.piece(token)))
@@ -352,17 +352,15 @@ class StepLoop:
         if text:
             self._send(seq.request, text)
         final: FinishReason = "stop" if stop_hit else reason
-        self._send(seq.request, Finished(final, len(seq.request.prompt), seq.completion_tokens))
+        prompt_tokens = len(seq.request.prompt)
+        self._send(seq.request, Finished(final, prompt_tokens, seq.completion_tokens, seq.cached))
         self._release(seq)
 
     def _release(self, seq: Generation, *, keep_cache: bool = True) -> None:
         """Free the slot. Its own KV stream stays as the slot's prompt cache; shared (unified)
         cells go back at once."""
-        if keep_cache and not self._kv_unified:
-            self._cached[seq.seq_id] = seq.request.prompt[: seq.fed] + seq.generated[:-1]
-        else:
-            mem = llama_cpp.llama_get_memory(self._ctx)
-            llama_cpp.llama_memory_seq_rm(mem, seq.seq_id, -1, -1)
+        held = seq.request.prompt[: seq.fed] + seq.generated[:-1] if keep_cache else None
+        self.caches.release(seq.seq_id, held)
         if seq.sampler is not None:
             llama_cpp.llama_sampler_free(seq.sampler)
         self._by_id[seq.seq_id] = None

@@ -17,6 +17,7 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -51,6 +52,13 @@ PENALISED = SamplingParams(max_tokens=24, temperature=0.0, presence_penalty=0.5,
                            frequency_penalty=0.7)  # fmt: skip
 
 Output = tuple[str, Finished]
+
+
+def same(output: Output) -> Output:
+    """An output as the engines must agree on it: how much of the prompt either found in a
+    cache (Finished.cached_tokens) depends on what each served before."""
+    text, finished = output
+    return text, replace(finished, cached_tokens=0)
 
 
 def ask(question: str) -> list[Message]:
@@ -109,7 +117,7 @@ async def test_concurrent_streams_match_the_single_sequence_engine(
     questions = QUESTIONS[:4]
     outputs = await asyncio.gather(*(generate(batched, q, params) for q in questions))
     for question, output in zip(questions, outputs, strict=True):
-        assert output == reference[question, params], question
+        assert same(output) == same(reference[question, params]), question
 
 
 async def test_more_requests_than_slots_arriving_at_random_still_match(
@@ -125,7 +133,7 @@ async def test_more_requests_than_slots_arriving_at_random_still_match(
 
     outputs = await asyncio.gather(*(arrive(q) for q in QUESTIONS))
     for question, output in zip(QUESTIONS, outputs, strict=True):
-        assert output == reference[question, GREEDY], question
+        assert same(output) == same(reference[question, GREEDY]), question
 
 
 async def test_max_tokens_and_stop_strings(batched: BatchedLlamaEngine) -> None:
@@ -223,8 +231,8 @@ async def test_structured_outputs_match_the_single_sequence_engine(
         *(generate_for(batched, ASK_PERSON, p) for p in constrained),
         generate(batched, QUESTIONS[0], GREEDY),
     )
-    assert outputs == expected
-    assert free == reference[QUESTIONS[0], GREEDY]
+    assert [same(o) for o in outputs] == [same(e) for e in expected]
+    assert same(free) == same(reference[QUESTIONS[0], GREEDY])
     for text, finished in outputs[:2]:
         assert finished.reason == "stop"
         check_person(text)

@@ -69,6 +69,8 @@ async def test_n_choices_each_have_their_index_message_and_finish(
         "prompt_tokens": prompt,  # counted once
         "completion_tokens": 12,
         "total_tokens": prompt + 12,
+        # The same prompt again: the fake's slot holds all of it but its last token.
+        "prompt_tokens_details": {"cached_tokens": prompt - 1},
     }
 
 

@@ -11,7 +11,12 @@ from worker.completions import ChunkWriter, chat_choice, completion, new_complet
 from worker.engine import Finished
 
 DONE = Finished("stop", prompt_tokens=7, completion_tokens=3)
-USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+USAGE = {
+    "prompt_tokens": 7,
+    "completion_tokens": 3,
+    "total_tokens": 10,
+    "prompt_tokens_details": {"cached_tokens": 0},
+}
 
 
 def frames(raw: bytes) -> list[bytes]:
@@ -39,8 +44,28 @@ def test_usage_adds_up() -> None:
 
 
 def test_usage_counts_the_prompt_once_and_sums_the_choices() -> None:
-    second = Finished("length", prompt_tokens=7, completion_tokens=5)
-    assert usage(DONE, second) == {"prompt_tokens": 7, "completion_tokens": 8, "total_tokens": 15}
+    second = Finished("length", prompt_tokens=7, completion_tokens=5, cached_tokens=6)
+    assert usage(DONE, second) == {
+        "prompt_tokens": 7,
+        "completion_tokens": 8,
+        "total_tokens": 15,
+        # The first choice's: a later one reuses its prompt by construction.
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+
+
+def test_usage_reports_the_cached_prompt_tokens_as_openai_does() -> None:
+    from openai.types import CompletionUsage
+
+    hit = usage(Finished("stop", prompt_tokens=7, completion_tokens=3, cached_tokens=5))
+    assert list(hit) == [
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "prompt_tokens_details",
+    ]
+    details = CompletionUsage.model_validate(hit).prompt_tokens_details
+    assert details is not None and details.cached_tokens == 5
 
 
 def test_json_completion_has_openais_keys_in_openais_order() -> None:

@@ -47,7 +47,8 @@ async def test_without_max_tokens_it_stops_naturally() -> None:
 async def test_the_workers_default_length_bounds_only_requests_that_name_none() -> None:
     short = fake(default_max_tokens=5)
     assert (await run(short, SamplingParams()))[1] == Finished("length", 7, 5)
-    assert (await run(short, SamplingParams(max_tokens=9)))[1] == Finished("length", 7, 9)
+    # The same prompt again: its slot holds all of it but the last token.
+    assert (await run(short, SamplingParams(max_tokens=9)))[1] == Finished("length", 7, 9, 6)
     long = fake(default_max_tokens=512)  # the natural end comes first
     assert (await run(long, SamplingParams()))[1] == Finished("stop", 7, NATURAL_LENGTH)
 

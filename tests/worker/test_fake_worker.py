@@ -91,7 +91,12 @@ async def test_non_stream_has_openai_shape(start_worker: StartWorker) -> None:
             "finish_reason": "stop",
         }
     ]
-    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 16, "total_tokens": 23}
+    assert body["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 16,
+        "total_tokens": 23,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 async def test_stream_frames_are_exact(start_worker: StartWorker) -> None:
@@ -136,7 +141,12 @@ async def test_stream_usage_chunk(start_worker: StartWorker) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert usage_chunk["choices"] == []
     assert usage_chunk["id"] == chunks[0]["id"]
-    assert usage_chunk["usage"] == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+    assert usage_chunk["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 2,
+        "total_tokens": 9,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 async def test_max_tokens_ends_with_length(start_worker: StartWorker) -> None:

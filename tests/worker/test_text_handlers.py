@@ -110,7 +110,12 @@ async def test_a_text_completion_runs_the_raw_prompt(start_worker: StartWorker) 
         {"text": " The quick brown", "index": 0, "logprobs": None, "finish_reason": "length"}
     ]
     # The fake counts a raw prompt's words, with no per-message template overhead.
-    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+    assert body["usage"] == {
+        "prompt_tokens": 4,
+        "completion_tokens": 3,
+        "total_tokens": 7,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 async def test_a_streamed_text_completion_ends_with_usage_and_done(
