@@ -37,6 +37,15 @@ tenant:
 - a waiter whose client hangs up (its task is cancelled) leaves the queue at once; if capacity
   had just been handed to it, that is passed on to the next waiter.
 
+Under the cache-aware policy (router.balancer.CacheAware) a chat request has a home, the worker
+likely to hold its prompt's prefix, and capacity goes where it keeps caches warm:
+
+- a request whose home is full but within the policy's load imbalance waits for it rather than
+  take another worker; a place that frees on a worker goes to the first waiter, in the tenant
+  order above, that can use it, which passes over waiters whose home is elsewhere;
+- patience is bounded: after `cache_wait_s` a waiter takes any worker (a timer wakes the queue
+  then), and a home that leaves or whose breaker is open is no home (the next by hashing is).
+
 A request retried after a failure before its first byte (router.proxy) comes back with the
 workers it tried, which it will not get again; it goes to the front of its tenant's sub-queue
 and may exceed `queue_max`: it was admitted once already. All of its attempts share one wait
@@ -48,15 +57,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from contract.errors import ServiceUnavailable
+from router.balancer import CacheAware, CacheOutcome
 from router.breaker import BreakerSettings, BreakerState
 from router.metrics import CancelPhase, QueueRejection, UpstreamError
+from router.waitqueue import Waiter, WaitQueue
 
 if TYPE_CHECKING:
+    from router.affinity import Affinity
     from router.balancer import Policy
     from router.config import RouterConfig
     from router.metrics import RouterMetrics
@@ -68,79 +79,12 @@ logger = logging.getLogger(__name__)
 QUEUE_RETRY_AFTER_S: Final = 1.0
 
 
-class _Waiter:
-    __slots__ = ("future", "tenant", "tried")
-
-    def __init__(self, tenant: str, tried: Sequence[str], future: asyncio.Future[Grant]) -> None:
-        self.tenant = tenant
-        self.tried = tried
-        self.future = future
-
-
-class _Queue:
-    """One model's waiters, a FIFO per tenant, and each tenant's requests running on it."""
-
-    __slots__ = ("length", "running", "tenants", "waiting")
-
-    def __init__(self, length: Any) -> None:
-        # Tenants with waiters only, in turn order (a tenant served goes to the back).
-        self.tenants: dict[str, deque[_Waiter]] = {}
-        self.running: dict[str, int] = {}  # granted and not yet released, by tenant
-        self.waiting = 0
-        self.length = length  # the model's router_queue_length child
-
-    def add(self, waiter: _Waiter, *, front: bool) -> None:
-        waiters = self.tenants.get(waiter.tenant)
-        if waiters is None:
-            waiters = self.tenants[waiter.tenant] = deque()
-        if front:
-            waiters.appendleft(waiter)
-        else:
-            waiters.append(waiter)
-        self.waiting += 1
-        self.length.set(self.waiting)
-
-    def remove(self, waiter: _Waiter) -> None:
-        waiters = self.tenants.get(waiter.tenant)
-        if waiters is None:
-            return
-        try:
-            waiters.remove(waiter)
-        except ValueError:
-            return
-        if not waiters:
-            del self.tenants[waiter.tenant]
-        self.waiting -= 1
-        self.length.set(self.waiting)
-
-    def by_need(self) -> list[tuple[str, deque[_Waiter]]]:
-        """Waiting tenants, fewest running first; the sort is stable, so ties keep turn order."""
-        running = self.running
-        return sorted(self.tenants.items(), key=lambda item: running.get(item[0], 0))
-
-    def served(self, tenant: str) -> None:
-        """`tenant` just got capacity: it goes to the back of the turn order."""
-        waiters = self.tenants.pop(tenant, None)
-        if waiters:
-            self.tenants[tenant] = waiters
-
-    def victim(self, tenant: str, queue_max: int) -> _Waiter | None:
-        """Whom a newcomer of `tenant` to this full queue displaces: the newest waiter of the
-        tenant with the most waiters if `tenant` holds less than its share, else nobody."""
-        tenants = self.tenants
-        mine = tenants.get(tenant)
-        share = queue_max // (len(tenants) + (mine is None))
-        if (len(mine) if mine else 0) >= share:
-            return None
-        return max(tenants.values(), key=len)[-1]
-
-
 class Grant:
     """A reserved place on one worker: the holder must give it back with `Admission.release`."""
 
     __slots__ = ("done", "probe", "queue", "tenant", "upstream")
 
-    def __init__(self, upstream: Upstream, probe: bool, queue: _Queue, tenant: str) -> None:
+    def __init__(self, upstream: Upstream, probe: bool, queue: WaitQueue, tenant: str) -> None:
         self.upstream = upstream
         self.probe = probe  # this request is the half-open breaker's probe
         self.queue = queue  # its model's queue, which counts the tenant's running requests
@@ -172,9 +116,11 @@ class Admission:
         self._policy = policy
         self._metrics = metrics
         self._queue_max = config.queue_max  # waiters per model
+        self._affine = policy if isinstance(policy, CacheAware) else None
+        self._home_wait_s = config.cache_wait_s
         self._breaker = BreakerSettings(config.breaker_failures, config.breaker_open_s)
         self._clock = clock
-        self._queues: dict[str, _Queue] = {}
+        self._queues: dict[str, WaitQueue] = {}
         self._timers: set[asyncio.TimerHandle] = set()
 
     # -- the request side --------------------------------------------------------------------
@@ -189,18 +135,26 @@ class Admission:
         return len(queue.tenants.get(tenant, ()))
 
     async def acquire(
-        self, model: str, tenant: str, tried: Sequence[str], deadline: float
+        self,
+        model: str,
+        tenant: str,
+        tried: Sequence[str],
+        deadline: float,
+        affinity: Affinity | None = None,
     ) -> Grant | None:
         """A worker of `model` with room that the request of `tenant` has not `tried`, waiting
-        until loop time `deadline`.
+        until loop time `deadline`; `affinity` is what the cache-aware policy reads.
 
         None when every candidate has been tried; the view's no-worker error when the model has
         no candidate at all; ServiceUnavailable when the queue is full or the deadline passes.
         """
         queue = self._queues.get(model)
         if queue is None:
-            queue = self._queues[model] = _Queue(self._metrics.queue_length.labels(model))
-        grant = self._try(queue, model, tenant, tried)
+            queue = self._queues[model] = self._new_queue(model)
+        if self._affine is None:
+            affinity = None  # only the cache-aware policy reads it
+        patient = affinity is not None and self._home_wait_s > 0
+        grant = self._try(queue, model, tenant, tried, affinity, patient)
         if grant is not None:
             return grant
         if all(u.worker_id in tried for u in self._view.candidates(model)):
@@ -210,7 +164,9 @@ class Admission:
         retry = bool(tried)
         if not retry and queue.waiting >= self._queue_max:
             self._make_room(queue, tenant)
-        waiter = _Waiter(tenant, tried, asyncio.get_running_loop().create_future())
+        waiter = Waiter(tenant, tried, asyncio.get_running_loop().create_future())
+        if affinity is not None:
+            self._wait_for_home(waiter, model, affinity)
         queue.add(waiter, front=retry)
         granted: Grant | None = None
         try:
@@ -237,7 +193,14 @@ class Admission:
                     future.cancel()
                     queue.remove(waiter)
 
-    def _make_room(self, queue: _Queue, tenant: str) -> None:
+    def _wait_for_home(self, waiter: Waiter, model: str, affinity: Affinity) -> None:
+        """Cache-aware: `waiter` takes only its home until `cache_wait_s` from now."""
+        waiter.affinity = affinity
+        waiter.patient_until = self._clock() + self._home_wait_s
+        if self._home_wait_s > 0:
+            self._wake_later(model, self._home_wait_s)  # then it takes any worker
+
+    def _make_room(self, queue: WaitQueue, tenant: str) -> None:
         """The queue is full: displace another tenant's newest waiter for `tenant`'s newcomer
         if `tenant` is under its share (see above), else refuse the newcomer."""
         self._metrics.queue_rejections.labels(QueueRejection.FULL).inc()
@@ -318,8 +281,25 @@ class Admission:
             timer.cancel()
         self._timers.clear()
 
-    def _try(self, queue: _Queue, model: str, tenant: str, tried: Sequence[str]) -> Grant | None:
+    def _new_queue(self, model: str) -> WaitQueue:
+        queue = WaitQueue(self._metrics.queue_length.labels(model))
+        if self._affine is not None:
+            family = self._metrics.cache_decisions
+            queue.decisions = {o: family.labels(model, o) for o in CacheOutcome}
+        return queue
+
+    def _try(
+        self,
+        queue: WaitQueue,
+        model: str,
+        tenant: str,
+        tried: Sequence[str],
+        affinity: Affinity | None = None,
+        patient: bool = False,
+    ) -> Grant | None:
         """Reserve the policy's pick among the workers with room, if there is one."""
+        if self._affine is not None:
+            return self._try_affine(self._affine, queue, model, tenant, tried, affinity, patient)
         now = self._clock()
         room = [
             u
@@ -331,6 +311,38 @@ class Admission:
         upstream = self._policy.choose(room)
         if upstream is None:
             return None
+        return self._grant(queue, upstream, tenant)
+
+    def _try_affine(
+        self,
+        policy: CacheAware,
+        queue: WaitQueue,
+        model: str,
+        tenant: str,
+        tried: Sequence[str],
+        affinity: Affinity | None,
+        patient: bool,
+    ) -> Grant | None:
+        """As _try, for the cache-aware policy: its home among every worker that could take
+        the request (room or not), and None while it should wait for it (`patient`)."""
+        now = self._clock()
+        usable: list[Upstream] = []
+        room: list[Upstream] = []
+        for u in self._view.candidates(model):
+            if u.worker_id not in tried and u.breaker.allows(now):
+                usable.append(u)
+                if u.has_room:
+                    room.append(u)
+        if not room:
+            return None
+        decision = policy.decide(usable, room, affinity, patient=patient)
+        if decision is None:
+            return None
+        upstream, outcome = decision
+        queue.decisions[outcome].inc()
+        return self._grant(queue, upstream, tenant)
+
+    def _grant(self, queue: WaitQueue, upstream: Upstream, tenant: str) -> Grant:
         upstream.begin()
         running = queue.running
         running[tenant] = running.get(tenant, 0) + 1
@@ -344,22 +356,24 @@ class Admission:
         while queue.waiting and self._hand_over(queue, model):
             pass
 
-    def _hand_over(self, queue: _Queue, model: str) -> bool:
+    def _hand_over(self, queue: WaitQueue, model: str) -> bool:
         """Give one free place to the first waiter, in tenant need then queue order, that can
         use it; False when none can."""
         for tenant, waiters in queue.by_need():
             for waiter in waiters:
                 if waiter.future.done():
                     continue  # cancelled; its own task removes it
-                grant = self._try(queue, model, tenant, waiter.tried)
+                affinity = waiter.affinity
+                patient = affinity is not None and self._clock() < waiter.patient_until
+                grant = self._try(queue, model, tenant, waiter.tried, affinity, patient)
                 if grant is not None:
                     queue.remove(waiter)
                     queue.served(tenant)
                     waiter.future.set_result(grant)
                     return True
-                if not waiter.tried or not self._any_room(model):
+                if (not waiter.tried and affinity is None) or not self._any_room(model):
                     return False  # no room at all
-                # This waiter has tried what is free; another may not have.
+                # This waiter has tried what is free, or waits for its home; another may not.
         return False
 
     def _any_room(self, model: str) -> bool:

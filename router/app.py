@@ -20,7 +20,7 @@ from router.access import Access
 from router.admin_api import admin_site_ctx
 from router.admission import Admission
 from router.appkeys import ACCESS, ADMISSION, CONFIG, METRICS, POLICY, REDIS, RELAY, VIEW
-from router.balancer import Policy, make_policy
+from router.balancer import CacheAware, Policy, make_policy
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.middleware import edge_middleware
@@ -41,7 +41,9 @@ def create_app(config: RouterConfig, *, policy: Policy | None = None) -> web.App
     app[CONFIG] = config
     app[METRICS] = RouterMetrics()
     app[VIEW] = RegistryView(config.worker_stale_s)
-    app[POLICY] = policy if policy is not None else make_policy(config.policy)
+    if policy is None:
+        policy = make_policy(config.policy, imbalance=config.cache_imbalance)
+    app[POLICY] = policy
     app.cleanup_ctx.extend(
         [_metrics_ctx, _redis_ctx, _access_ctx, _admission_ctx, _worker_session_ctx, _watcher_ctx]
     )
@@ -53,9 +55,12 @@ def create_app(config: RouterConfig, *, policy: Policy | None = None) -> web.App
         # closed first.
         app.cleanup_ctx.append(admin_site_ctx)
 
+    # Cache-aware: chat requests carry their affinity (router.affinity); else none is computed.
+    affine = isinstance(app[POLICY], CacheAware)
+    chat = handlers.affine_chat_completions if affine else handlers.chat_completions
     # Plain and DNS-based (the Host names the endpoint), then the seed's path-based forms.
     for prefix in ("", PROJECT, PROJECT + ENDPOINT):
-        app.router.add_post(prefix + "/v1/chat/completions", handlers.chat_completions)
+        app.router.add_post(prefix + "/v1/chat/completions", chat)
         app.router.add_post(prefix + "/v1/completions", handlers.completions)
         app.router.add_post(prefix + "/v1/embeddings", handlers.embeddings)
         app.router.add_get(prefix + "/v1/models", handlers.list_models)

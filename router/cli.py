@@ -1,8 +1,10 @@
-"""`python -m router`: parse the configuration (router.config), then serve until SIGTERM/SIGINT."""
+"""`python -m router`: parse the configuration (router.config), then serve until SIGTERM/SIGINT,
+in this process or, with --processes N, in N supervised children (router.processes)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -16,7 +18,8 @@ from contract.options import ConfigError, LogLevel
 from contract.secrets import ADMIN_KEY_ENV
 from contract.tracing import setup
 from router.app import create_app
-from router.config import parse_config
+from router.config import RouterConfig, parse_config
+from router.processes import supervise
 from router.tracing import REQUEST_LOGGER
 
 logger = logging.getLogger(__name__)
@@ -37,18 +40,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.worker_secret(os.environ)  # read again at startup; unreadable: a clean exit 2
         if config.admin_port is not None and config.admin_key(os.environ) is None:
             raise ConfigError(f"--admin-port needs a key: --admin-key-file or ${ADMIN_KEY_ENV}")
-        flush = None if config.otlp_endpoint is None else setup(config.otlp_endpoint, "router")
     except ConfigError as exc:
         print(f"python -m router: error: {exc}", file=sys.stderr)
         return 2
     configure(config.log_level, config.log_format, REQUEST_LOGGER)
+    if config.processes > 1:
+        return supervise(config, functools.partial(serve, reuse_port=True))
+    return serve(config)
+
+
+def serve(config: RouterConfig, *, reuse_port: bool = False) -> int:
+    """One router process: serve until SIGTERM/SIGINT. With `reuse_port`, beside other
+    processes on the same port (router.processes)."""
+    try:
+        # Here, not before a fork: the exporter runs a thread.
+        flush = None if config.otlp_endpoint is None else setup(config.otlp_endpoint, "router")
+    except ConfigError as exc:
+        print(f"python -m router: error: {exc}", file=sys.stderr)
+        return 2
     loop = _new_loop()
     logger.info(
-        "router listening on %s:%s (redis %s, loop %s)",
+        "router listening on %s:%s (redis %s, loop %s, pid %d)",
         config.host,
         config.port,
         _redacted(config.redis_url),
         type(loop).__module__,
+        os.getpid(),
     )
     if config.metrics_port is not None:
         logger.info("metrics on %s:%s only", config.host, config.metrics_port)
@@ -63,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=config.port,
         loop=loop,
         shutdown_timeout=config.shutdown_timeout_s,
+        # aiohttp's default of 128 overflows when thousands of clients connect at once.
+        backlog=config.backlog,
+        reuse_port=reuse_port or None,
         # A client that hangs up cancels its handler, which closes the upstream request so the
         # worker stops generating.
         handler_cancellation=True,

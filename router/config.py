@@ -15,7 +15,7 @@ from contract.options import LogLevel, Options, is_redis_url, member, meta
 from contract.secrets import ADMIN_KEY_ENV, SECRET_ENV, load_secret, secret_file
 from contract.tracing import check_endpoint
 from router.apikeys import DEFAULT_CACHE_TTL_S, MAX_CACHE_TTL_S
-from router.balancer import PolicyName
+from router.balancer import DEFAULT_IMBALANCE, PolicyName
 
 POSITIVE_FIELDS = (
     "registry_refresh_s",
@@ -51,6 +51,17 @@ class RouterConfig:
     admin_port: int | None = field(
         default=None,
         metadata=meta("serve the admin API (router.admin_api) on this port, same host; auto: off"),
+    )
+    processes: int = field(
+        default=1,
+        metadata=meta(
+            "router processes sharing --port (SO_REUSEPORT, router.processes); process i serves "
+            "metrics on --metrics-port + i, process 0 alone the admin API"
+        ),
+    )
+    backlog: int = field(
+        default=4096,
+        metadata=meta("listen queue of --port; the kernel caps it at net.core.somaxconn"),
     )
     admin_key_file: str | None = field(
         default=None,
@@ -115,6 +126,20 @@ class RouterConfig:
     )
     policy: PolicyName = field(
         default=PolicyName.LEAST_LOADED, metadata=meta("how a worker is chosen")
+    )
+    cache_imbalance: int = field(
+        default=DEFAULT_IMBALANCE,
+        metadata=meta(
+            "cache-aware: a request's cached worker is passed over for the least-loaded one once "
+            "it has more than this many requests more"
+        ),
+    )
+    cache_wait_s: float = field(
+        default=1.0,
+        metadata=meta(
+            "cache-aware: longest a request waits for its cached worker to have room (0: never), "
+            "then any worker; about a cold prompt's evaluation time"
+        ),
     )
     first_token_timeout_s: float = field(
         default=300.0,
@@ -182,11 +207,14 @@ class RouterConfig:
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise ValueError("metrics_port must differ from port")
         self._check_admin()
+        self._check_processes()
         for name in POSITIVE_FIELDS:
             value = getattr(self, name)
             if not value > 0:  # also rejects NaN
                 raise ValueError(f"{name} must be > 0, got {value}")
         self._check_limits()
+        if self.cache_imbalance < 0 or not self.cache_wait_s >= 0:
+            raise ValueError("cache_imbalance and cache_wait_s must be >= 0")
         object.__setattr__(self, "policy", member("policy", self.policy, PolicyName))
         object.__setattr__(self, "log_level", member("log_level", self.log_level, LogLevel))
         object.__setattr__(self, "log_format", member("log_format", self.log_format, LogFormat))
@@ -218,6 +246,23 @@ class RouterConfig:
             raise ValueError("admin_port must differ from port and metrics_port")
         if not is_redis_url(self.admin_redis):
             raise ValueError("admin_redis_url must start with redis://, rediss:// or unix://")
+
+    def _check_processes(self) -> None:
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
+        if self.backlog < 1:
+            raise ValueError(f"backlog must be >= 1, got {self.backlog}")
+        if self.processes == 1:
+            return
+        if self.port == 0:
+            raise ValueError("processes > 1 needs a fixed port (not 0) for them to share")
+        if self.metrics_port is not None:
+            ports = range(self.metrics_port, self.metrics_port + self.processes)
+            if ports[-1] > 65535 or self.port in ports or self.admin_port in ports:
+                raise ValueError(
+                    f"processes: metrics ports {ports[0]}..{ports[-1]} (one a process) must be "
+                    "<= 65535 and differ from port and admin_port"
+                )
 
     def _check_limits(self) -> None:
         if not self.shutdown_timeout_s >= 0:

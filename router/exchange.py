@@ -20,6 +20,7 @@ from contract.logs import REQUEST_ID_HEADER as REQUEST_ID_HEADER
 from contract.logs import Outcome
 from contract.sse import FRAME_END, USAGE_TRAILER_HEADER, USAGE_TRAILER_PREFIX, trailer_usage
 from contract.tracing import RequestSpan
+from router.affinity import Affinity
 from router.metrics import RequestSeries
 from router.upstream import Api
 
@@ -98,6 +99,7 @@ class Exchange:
 
     __slots__ = (
         "_openai",
+        "affinity",
         "api",
         "arrived",
         "attempts",
@@ -128,6 +130,7 @@ class Exchange:
         api: Api = Api.CHAT,
         tenant: str = "",
         trace: RequestSpan | None = None,
+        affinity: Affinity | None = None,
     ) -> None:
         self.api: Final = api  # which of the worker's URLs the relay posts to
         self.body: Final = body
@@ -146,6 +149,7 @@ class Exchange:
         self.upstream_headers: Final[Mapping[str, str]] = headers  # every attempt sends these
         self._openai: OpenAIRequest | None = None
         self.trace: Final = trace  # None unless tracing is on (--otlp-endpoint)
+        self.affinity: Final = affinity  # what the cache-aware policy reads; else None
         self.attempts = 0  # workers tried
         self.worker = ""  # the last one tried: the one that answered, if any did
         self.first_byte_s: float | None = None  # arrival to the worker's first byte

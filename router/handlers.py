@@ -27,6 +27,7 @@ from contract.telemetry import status_class
 from contract.text import TextRequest, parse_text_request
 from contract.wire import ChatRequest, model_object, parse_chat_request
 from router.access import OPEN, Scope
+from router.affinity import AffineChat, Affinity, chat_affinity, parse_affine_chat
 from router.appkeys import ACCESS, CONFIG, METRICS, RELAY, REQUEST_ID, VIEW
 from router.exchange import Exchange
 from router.intake import read_body
@@ -78,6 +79,9 @@ class Endpoint(Generic[R]):
     # The most completion tokens a request may generate, all choices together, given the
     # length of a choice that names none.
     length_bound: Callable[[R, int], int]
+    # The cache-aware policy's reading of a request and its headers (router.affinity); None:
+    # no affinity is computed (every other policy, every other endpoint).
+    affinity: Callable[[R, Mapping[str, str]], Affinity | None] | None = None
 
 
 def _chat_length(request: ChatRequest, default: int) -> int:
@@ -93,6 +97,15 @@ def _no_completion(request: EmbeddingsRequest, default: int) -> int:
 
 
 CHAT: Final = Endpoint(Route.CHAT_COMPLETIONS, Api.CHAT, parse_chat_request, _chat_length)
+
+
+def _affine_length(chat: AffineChat, default: int) -> int:
+    return _chat_length(chat.request, default)
+
+
+AFFINE_CHAT: Final = Endpoint(
+    Route.CHAT_COMPLETIONS, Api.CHAT, parse_affine_chat, _affine_length, chat_affinity
+)
 COMPLETIONS: Final = Endpoint(Route.COMPLETIONS, Api.COMPLETIONS, parse_text_request, _text_length)
 EMBEDDINGS: Final = Endpoint(
     Route.EMBEDDINGS, Api.EMBEDDINGS, parse_embeddings_request, _no_completion
@@ -128,6 +141,7 @@ async def dispatch(request: web.Request, endpoint: Endpoint[R]) -> web.StreamRes
         if scope.key is not None:
             bound = endpoint.length_bound(parsed, config.reserve_max_tokens)
             ticket = await access.admit(scope.key, len(body), bound)
+        affine = endpoint.affinity
         exchange = Exchange(
             body=body,
             request_id=request[REQUEST_ID],
@@ -139,6 +153,7 @@ async def dispatch(request: web.Request, endpoint: Endpoint[R]) -> web.StreamRes
             api=endpoint.api,
             tenant=scope.project_id or "",
             trace=span,
+            affinity=None if affine is None else affine(parsed, request.headers),
         )
         try:
             response = await app[RELAY].forward(request, exchange)
@@ -171,7 +186,7 @@ def _finish(
     # Ids from Redis records, never from input: "none" when auth is off or the key was bad.
     project = scope.project_id or NO_PROJECT
     named = scope.endpoint.name if scope.endpoint else ""
-    metrics.project_requests.labels(project, named, status_class(status)).inc()
+    metrics.count_project_request(project, named, status)
     return elapsed
 
 
@@ -179,6 +194,7 @@ def _finish(
 chat_completions = functools.partial(dispatch, endpoint=CHAT)
 completions = functools.partial(dispatch, endpoint=COMPLETIONS)
 embeddings = functools.partial(dispatch, endpoint=EMBEDDINGS)
+affine_chat_completions = functools.partial(dispatch, endpoint=AFFINE_CHAT)  # cache-aware
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:

@@ -16,6 +16,9 @@ worker id from the registry, the rest are fixed sets):
                                                           less the admission queue wait
     router_queue_wait_seconds                             admission queue wait (0: admitted at once)
     router_queue_length{model}                            requests waiting for worker capacity
+    router_cache_decisions_total{model,outcome}           cache-aware choices: hit, hash, diverted,
+                                                          released, none (router.balancer)
+    router_worker_prefixes{worker,model}                  prefixes a worker advertises it caches
     router_queue_rejections_total{reason}                 full, timeout (answered 503); full
                                                           counts a waiter displaced by another
                                                           tenant's newcomer (router.admission)
@@ -157,6 +160,9 @@ class WorkerGauges(Protocol):
     @property
     def in_flight(self) -> int: ...
 
+    @property
+    def prefixes(self) -> frozenset[str]: ...
+
 
 class ViewGauges(Protocol):
     """What the view-derived gauges read of the registry view (router.view.RegistryView)."""
@@ -286,6 +292,12 @@ class RouterMetrics:
             ["model"],
             registry=r,
         )
+        self.cache_decisions = Counter(
+            "router_cache_decisions",
+            "Cache-aware choices by model and outcome (hit, hash, diverted, released, none).",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.queue_rejections = Counter(
             "router_queue_rejections",
             "Requests refused by the admission queue: full, or waited too long (timeout).",
@@ -372,6 +384,7 @@ class RouterMetrics:
             registry=r,
         )
         self._token_counters: dict[tuple[str, str], TokenCounters] = {}
+        self._project_counters: dict[tuple[str, str, int], Any] = {}
         self._series: dict[tuple[Route, str, bool], RequestSeries] = {}
         self._view_collector: _ViewCollector | None = None
 
@@ -382,6 +395,16 @@ class RouterMetrics:
         if series is None:
             series = self._series[key] = RequestSeries(self, route, model, stream)
         return series
+
+    def count_project_request(self, project: str, endpoint: str, status: int) -> None:
+        """One relayed request of `project` (ids from Redis records, never from input), its
+        child bound on first use: the hot path does a dict lookup, not a label resolution."""
+        key = (project, endpoint, status // 100 if status else CANCELLED)
+        counter = self._project_counters.get(key)
+        if counter is None:
+            labels = (project, endpoint, status_class(status))
+            counter = self._project_counters[key] = self.project_requests.labels(*labels)
+        counter.inc()
 
     def token_counters(self, project_id: str, key_id: str) -> TokenCounters:
         """The token counters of one key (ids from its Redis record, never from input)."""
@@ -423,10 +446,16 @@ class _ViewCollector(Collector):
             "1 while this replica's breaker for the worker is open or probing, else 0.",
             labels=["worker", "model"],
         )
+        prefixes = GaugeMetricFamily(
+            "router_worker_prefixes",
+            "Prefixes this replica believes the worker's KV cache holds (its last record's).",
+            labels=["worker", "model"],
+        )
         counts: dict[tuple[str, str], int] = {}
         for worker_id, upstream in self._view.upstreams.items():
             record = upstream.record
             in_flight.add_metric([worker_id, record.model], upstream.in_flight)
+            prefixes.add_metric([worker_id, record.model], len(upstream.prefixes))
             closed = upstream.breaker.state is BreakerState.CLOSED
             breaker_open.add_metric([worker_id, record.model], 0 if closed else 1)
             key = (record.model, record.state.value)
@@ -445,6 +474,7 @@ class _ViewCollector(Collector):
             value=math.inf if age is None else age,
         )
         yield in_flight
+        yield prefixes
         yield breaker_open
         yield workers
         yield staleness

@@ -149,7 +149,9 @@ class Relay:
         busy = False
         for _ in range(self._max_attempts):
             queued_at = time.perf_counter()
-            grant = await self._admission.acquire(exchange.model, exchange.tenant, tried, deadline)
+            grant = await self._admission.acquire(
+                exchange.model, exchange.tenant, tried, deadline, exchange.affinity
+            )
             if grant is None:
                 break  # every worker of the model has been tried
             if tried:
@@ -368,6 +370,9 @@ class Relay:
         writing = False
         try:
             async with asyncio.timeout(gap_s) as timer:
+                # uvloop's clock moves once per loop turn: after a write or read that did not
+                # wait, the deadline is the one armed, and the timer is left alone.
+                armed = timer.when()
                 while True:
                     data = pending + chunk if pending else chunk
                     end = data.rfind(FRAME_END) + 2
@@ -386,7 +391,9 @@ class Relay:
                         await out.write(frames)
                         writing = False
                     at = loop.time() + gap_s
-                    timer.reschedule(at if at < ends_at else ends_at)
+                    if (at := at if at < ends_at else ends_at) != armed:
+                        armed = at
+                        timer.reschedule(at)
                     chunk = await response.content.readany()
                     if not chunk:
                         return pending  # a clean end: relay the worker's last bytes as they are
@@ -394,19 +401,28 @@ class Relay:
                     gap.observe(now - last)
                     last = now
                     at = loop.time() + gap_s
-                    timer.reschedule(at if at < ends_at else ends_at)
+                    if (at := at if at < ends_at else ends_at) != armed:
+                        armed = at
+                        timer.reschedule(at)
         except TimeoutError:
-            if loop.time() >= ends_at:
-                return self._cut(exchange, grant, RelayLimit.DURATION)
-            if writing:
-                return None
-            return self._failed_mid_stream(exchange, grant, UpstreamError.TIMEOUT)
+            return self._timed_out(exchange, grant, loop.time() >= ends_at, writing)
         except ConnectionResetError:
             raise  # the client's side, handled by the caller
         except (ClientPayloadError, ClientConnectionError):
             if writing:
                 raise ConnectionResetError from None
             return self._failed_mid_stream(exchange, grant, UpstreamError.BROKEN)
+
+    def _timed_out(
+        self, exchange: Exchange, grant: Grant, past_end: bool, writing: bool
+    ) -> bytes | None:
+        """The gap timer fired: the stream ran past max_stream_s, the client stopped reading
+        (None), or the worker went silent."""
+        if past_end:
+            return self._cut(exchange, grant, RelayLimit.DURATION)
+        if writing:
+            return None
+        return self._failed_mid_stream(exchange, grant, UpstreamError.TIMEOUT)
 
     def _failed_mid_stream(self, exchange: Exchange, grant: Grant, kind: UpstreamError) -> bytes:
         """The worker went silent (TIMEOUT) or broke (BROKEN) mid-stream: counted against it."""

@@ -12,6 +12,11 @@ report resets the deltas, so estimation errors last at most one heartbeat. A wor
 refused a request (no connection, or full) counts as loaded by FAILED_PENALTY until its next
 report, so it is tried last rather than first again. `in_flight` is the plain count of this
 replica's open requests to the worker: admission sends it no more than its `slots` at once.
+
+`prefixes` is what the worker's latest record says its KV cache holds (contract.prefixes), as
+a set for the cache-aware policy's lookups, rebuilt when a record changes it, never per request.
+A restarted worker's first record advertises nothing, so what this replica believes it holds
+is emptied as soon as that record arrives.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class Upstream:
         "breaker",
         "in_flight",
         "openai",
+        "prefixes",
         "record",
         "seen_at",
         "slots",
@@ -70,6 +76,7 @@ class Upstream:
         # A stock OpenAI server (worker.agent): no usage trailer, so the relay asks for usage.
         self.openai = record.api is WorkerApi.OPENAI
         self.breaker = Breaker()
+        self.prefixes = frozenset(record.prefixes)
         self.slots = max(1, record.slots)
         self._reported = max(0, record.queue_depth)
         self._started = 0
@@ -98,6 +105,8 @@ class Upstream:
         self.openai = record.api is WorkerApi.OPENAI
         if record.url != old.url or record.started_ms != old.started_ms:
             self.breaker = Breaker()  # another process now: judge it afresh
+        if record.prefixes != old.prefixes:
+            self.prefixes = frozenset(record.prefixes)
         if reported:
             self._reported = max(0, record.queue_depth)
             self._started = 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from router.balancer import LeastLoaded, PolicyName, RoundRobin, Uniform, make_policy
+from router.balancer import CacheAware, LeastLoaded, PolicyName, RoundRobin, Uniform, make_policy
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ def test_make_policy_names() -> None:
     assert isinstance(make_policy(PolicyName("least-loaded")), LeastLoaded)
     assert isinstance(make_policy(PolicyName("round-robin")), RoundRobin)
     assert isinstance(make_policy(PolicyName("random")), Uniform)
-    assert list(PolicyName) == ["least-loaded", "round-robin", "random"]
+    assert isinstance(make_policy(PolicyName("cache-aware")), CacheAware)
+    assert list(PolicyName) == ["least-loaded", "round-robin", "random", "cache-aware"]
     with pytest.raises(ValueError, match="is not a valid PolicyName"):
         PolicyName("fastest")

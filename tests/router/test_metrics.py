@@ -115,6 +115,7 @@ class Worker:
     record: WorkerRecord
     in_flight: int
     breaker: Breaker = field(default_factory=Breaker)
+    prefixes: frozenset[str] = frozenset()
 
 
 @dataclass
