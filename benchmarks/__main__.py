@@ -18,6 +18,7 @@ SCENARIOS = {
     "real_model": "benchmarks.real_model",
     "scale_out": "benchmarks.scale_out",
     "prefix_cache": "benchmarks.prefix_cache",
+    "streams": "benchmarks.streams",
 }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from benchmarks.client import chat_url
 from benchmarks.metrics import percentile
 
 # Words the texts are drawn from: common, and each a single SmolLM2 token or two.
@@ -144,9 +146,10 @@ async def _turn(
 
 
 async def drive(urls: Sequence[str], model: str, shape: Shape) -> tuple[list[Turn], float]:
-    """Run every conversation to its last turn (request i of all goes to urls[i % len], as a
-    round-robin load balancer would send it); (turns, wall seconds)."""
+    """Run every conversation to its last turn (request i of all goes to urls[i % len], OpenAI
+    base URLs, as a round-robin load balancer would send it); (turns, wall seconds)."""
     systems, asked = system_prompts(shape), questions(shape)
+    urls = [chat_url(u) for u in urls]
     counter = 0
     turns: list[Turn] = []
     timeout = aiohttp.ClientTimeout(total=600)
@@ -182,6 +185,7 @@ def summary(turns: Sequence[Turn], wall_s: float) -> dict[str, Any]:
     return {
         "requests": len(turns),
         "errors": len(turns) - len(ok),
+        "error_kinds": dict(Counter(t.error for t in turns if not t.ok)),
         "wall_s": wall_s,
         "p50_ttft_ms": percentile(ttfts, 50) if ttfts else None,
         "p99_ttft_ms": percentile(ttfts, 99) if ttfts else None,

@@ -73,7 +73,7 @@ async def one_run(params: Params, policy: str, shared: bool, routers: int) -> di
         slots=params.slots,
         max_queue=params.conversations,
         start_timeout_s=180.0,
-        worker_args=("--ignore-eos",),
+        worker_args=("--ignore-eos", "on"),
         router_args=("--policy", policy),
     )
     async with Stack(config) as stack:

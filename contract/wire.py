@@ -27,6 +27,7 @@ from contract.tools import (
 )
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+_PLAIN_ROLES = frozenset({"system", "developer", "user"})  # roles with nothing but content
 # Content parts OpenAI defines for images, sound and files: well formed, but not for a text model.
 MEDIA_PARTS = frozenset({"image_url", "input_audio", "file"})
 MAX_STOP = 4
@@ -199,6 +200,11 @@ def _messages(raw: Any) -> tuple[Message, ...]:
     out = []
     calls: set[str] = set()  # ids of the calls made so far, which tool messages answer
     for i, item in enumerate(raw):
+        if isinstance(item, dict):  # the common message, text from a user or system: as below
+            role, content = item.get("role"), item.get("content")
+            if isinstance(role, str) and role in _PLAIN_ROLES and isinstance(content, str):
+                out.append(Message(role, content))
+                continue
         where = f"messages[{i}]"
         if not isinstance(item, dict):
             raise InvalidRequest(f"'{where}' must be an object.", param=where)

@@ -20,6 +20,8 @@ from contract.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 
 async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> bytes:
     try:
+        if request.content.is_eof():  # it came with the headers: no wait, so no timer to arm
+            return await request.read()
         async with asyncio.timeout(timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:

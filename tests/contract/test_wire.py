@@ -393,3 +393,28 @@ def test_any_bytes_parse_or_are_a_400(body: bytes) -> None:
         parse_chat_request(body)
     except InvalidRequest as exc:
         assert exc.status == 400
+
+
+def test_plain_messages_parse_as_every_other_message() -> None:
+    """Text messages from system, developer and user take a short path: same result, and a bad
+    one still gets its error with its index."""
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "s", "name": "ignored"},
+            {"role": "developer", "content": [{"type": "text", "text": "d"}]},
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": None},
+        ],
+    }
+    request = parse_chat_request(orjson.dumps(body))
+    assert request.messages == (
+        Message("system", "s"),
+        Message("developer", "d"),
+        Message("user", "u"),
+        Message("assistant", ""),
+    )
+    body["messages"] = [{"role": "user", "content": "u"}, {"role": "user", "content": 3}]
+    with pytest.raises(InvalidRequest) as refused:
+        parse_chat_request(orjson.dumps(body))
+    assert refused.value.param == "messages[1].content"

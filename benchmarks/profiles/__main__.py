@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.profiles.hotpath import main
+
+sys.exit(main())
