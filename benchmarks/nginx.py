@@ -1,8 +1,10 @@
-"""nginx as a round-robin reverse proxy in front of router replicas, for benchmarks.
+"""nginx as a reverse proxy for benchmarks: round robin over router replicas, or in front of one
+upstream.
 
-`Nginx(upstreams)` writes a minimal configuration into a temporary folder (keep-alive pool to
-the upstreams, HTTP/1.1, no buffering so SSE streams pass through as they come), starts
-`nginx -p DIR -c nginx.conf` in the foreground on a free 127.0.0.1 port and stops it by PID.
+`nginx_service(upstreams)` writes a minimal configuration into a temporary folder (keep-alive
+pool to the upstreams, HTTP/1.1, no buffering so SSE streams pass through as they come) for one
+nginx process (no master, so the PID that is measured or stopped is the one that works) in the
+foreground on a free 127.0.0.1 port. benchmarks.router_overhead puts it in front of its mock.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ NGINX = "/usr/sbin/nginx"
 
 _CONF = """\
 daemon off;
+master_process off;
 worker_processes 1;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;

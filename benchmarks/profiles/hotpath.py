@@ -1,12 +1,13 @@
 """CPU per request of the router's relay path, against the minimal relay floor, and its profile.
 
-Starts redis-server, a mock upstream (benchmarks.profiles.upstream) registered as one worker,
-and the target: the router (`--auth off`, text logs, no OTLP) or the floor
-(benchmarks.profiles.floor). Then a short closed loop of chat requests (plain or streamed), and
-the target's CPU seconds from procfs before and after: CPU µs per request is a relative figure
-that a shared machine disturbs far less than requests/s. With `--profile cprofile` the router
-runs under cProfile (slower: use its shares, not its µs) and the top functions are printed;
-`--profile py-spy` samples it instead (raw collapsed stacks, summarised by own time).
+Starts redis-server, a mock upstream (benchmarks.router_overhead.mock_upstream) registered as
+one worker, and the target: the router (`--auth off`, text logs, no OTLP) or the floor
+(benchmarks.router_overhead.floor_relay). Then a short closed loop of chat requests (plain or
+streamed), and the target's CPU seconds from procfs before and after: CPU µs per request is a
+relative figure that a shared machine disturbs far less than requests/s. With `--profile
+cprofile` the router runs under cProfile (slower: use its shares, not its µs) and the top
+functions are printed; `--profile py-spy` samples it instead (raw collapsed stacks, summarised
+by own time).
 
     python -m benchmarks.profiles --target router --requests 3000 [--stream] [--profile cprofile]
 """
@@ -34,9 +35,11 @@ from redis.asyncio import Redis
 
 from benchmarks import processes
 from benchmarks.cpu import cpu_seconds
+from benchmarks.router_overhead.mock_upstream import MODEL_ID as MODEL
 from contract.registry import WorkerApi, WorkerRecord, WorkerState, now_ms, publish_worker
 
-MODEL = "mock"
+FRAMES = 8  # content events per mock stream, sent without a pause
+MOCK = "benchmarks.router_overhead.mock_upstream"
 WORKER_TTL_MS = 10_000
 PY_SPY_RATE_HZ = 500
 
@@ -117,7 +120,8 @@ def _target(
 ) -> processes.Process:
     port = processes.free_port()
     if args.target == "floor":
-        argv = [sys.executable, "-m", "benchmarks.profiles.floor", str(port), upstream]
+        floor = "benchmarks.router_overhead.floor_relay"
+        argv = [sys.executable, "-m", floor, "--port", str(port), "--upstream", upstream]
     else:
         argv = processes.router_argv(port, redis.url, auth=False, options=["--log-format", "text"])
     if args.profile == "cprofile":
@@ -142,7 +146,17 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     port = processes.free_port()
     upstream = processes.Process(
         "upstream",
-        [sys.executable, "-m", "benchmarks.profiles.upstream", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.router_overhead.mock_upstream",
+            "--port",
+            str(port),
+            "--chunks",
+            str(FRAMES),
+            "--chunk-gap-ms",
+            "0",
+        ],
         tmp / "upstream.log",
         port=port,
     )
@@ -150,7 +164,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     procs: list[processes.Process] = [redis, upstream]
     try:
         upstream.wait_ready(
-            lambda: processes.http_status(upstream.url + "/", 1.0) == 200, 30.0, "listen"
+            lambda: processes.http_status(upstream.url + "/health", 1.0) == 200, 30.0, "listen"
         )
         async with registered(redis.url, upstream.url):
             target = _target(args, tmp, redis, upstream.url)

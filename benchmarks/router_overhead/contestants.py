@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.nginx import config_text
 from benchmarks.processes import (
     HOST,
     HttpService,
@@ -46,33 +47,6 @@ VLLM_ROUTER_VERSION = "0.1.17"
 VLLM_ROUTER_VENV = Path.home() / ".cache" / "xero" / f"vllm-router-{VLLM_ROUTER_VERSION}"
 KEY_RPM, KEY_TPM = 1_000_000_000, 1_000_000_000_000  # limits in the path, never refusing
 NAMES = ("direct", "nginx", "vllm-router", "floor-relay", "router", "router-auth")
-
-NGINX_CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    upstream mock {{ server {upstream}; keepalive 128; }}
-    server {{
-        listen {host}:{port} backlog=4096;
-        location / {{
-            proxy_pass http://mock;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-        }}
-    }}
-}}
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +158,7 @@ class Field:
             return "nginx is not installed"
         port = free_port()
         conf = self.tmp / "nginx.conf"
-        text = NGINX_CONF.format(tmp=self.tmp, upstream=upstream.removeprefix("http://"),
-                                 host=HOST, port=port)  # fmt: skip
+        text = config_text(self.tmp, port, [upstream])
         await asyncio.to_thread(conf.write_text, text)
         argv = [nginx, "-p", str(self.tmp), "-c", str(conf), "-e", str(self.tmp / "nginx.err")]
         proc = HttpService("nginx", self._pin(argv, self.proxy_cpus), self.tmp / "nginx.log", port)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 
 import aiohttp
 from aiohttp import web
@@ -54,8 +55,10 @@ async def serve(host: str, port: int, upstream: str) -> None:
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=4096)
         await site.start()
+        stop = asyncio.Event()  # SIGTERM ends it cleanly, so a profiler around it can write
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await runner.cleanup()
 
