@@ -35,6 +35,9 @@ from benchmarks.stack import Stack, StackConfig
 logger = logging.getLogger(__name__)
 
 POLICIES = ("least-loaded", "cache-aware")
+# Today's worker without its host-RAM prompt cache (slot caches only), under least-loaded: what
+# the worker's cache and the policy together are measured against on the shared workload.
+NO_HOST_CACHE = "least-loaded, no host cache"
 FIGURES = ("p50_ttft_ms", "p99_ttft_ms", "output_tokens_per_s", "hit_rate")
 
 
@@ -62,7 +65,9 @@ class Params:
                      self.max_tokens, shared, self.seed)  # fmt: skip
 
 
-async def one_run(params: Params, policy: str, shared: bool, routers: int) -> dict[str, Any]:
+async def one_run(params: Params, arm: str, shared: bool, routers: int) -> dict[str, Any]:
+    policy = "least-loaded" if arm == NO_HOST_CACHE else arm
+    cache = ("--prompt-cache-mib", "0") if arm == NO_HOST_CACHE else ()
     config = StackConfig(
         model_id=MODEL_ID,
         workers=params.workers,
@@ -73,7 +78,7 @@ async def one_run(params: Params, policy: str, shared: bool, routers: int) -> di
         slots=params.slots,
         max_queue=params.conversations,
         start_timeout_s=180.0,
-        worker_args=("--ignore-eos", "on"),
+        worker_args=("--ignore-eos", "on", *cache),
         router_args=("--policy", policy),
     )
     async with Stack(config) as stack:
@@ -98,7 +103,7 @@ async def one_run(params: Params, policy: str, shared: bool, routers: int) -> di
         workload, policy, routers, figures["p50_ttft_ms"] or 0, figures["p99_ttft_ms"] or 0,
         figures["output_tokens_per_s"] or 0, figures["hit_rate"] or 0, figures["errors"],
     )  # fmt: skip
-    return {"workload": workload, "policy": policy, "routers": routers, **figures}
+    return {"workload": workload, "policy": arm, "routers": routers, **figures}
 
 
 async def run(params: Params) -> list[dict[str, Any]]:
@@ -106,8 +111,8 @@ async def run(params: Params) -> list[dict[str, Any]]:
     for r in range(params.rounds):
         order = POLICIES if r % 2 == 0 else tuple(reversed(POLICIES))
         for shared in (True, False):
-            for policy in order:
-                runs.append({"round": r, **await one_run(params, policy, shared, 1)})
+            for arm in (NO_HOST_CACHE, *order) if shared else order:
+                runs.append({"round": r, **await one_run(params, arm, shared, 1)})
         if params.replicas and nginx.available():  # one replica's run is above
             runs.append({"round": r, **await one_run(params, "cache-aware", True, 2)})
     return runs
@@ -142,6 +147,15 @@ def comparisons(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "p99_ttft_lower_x": _ratio(base["p99_ttft_ms"], aware["p99_ttft_ms"]),
             "throughput_x": _ratio(aware["output_tokens_per_s"], base["output_tokens_per_s"]),
         }
+    bare = medians(runs, "shared", NO_HOST_CACHE, 1)
+    if bare["runs"]:
+        aware = out["shared"]["cache-aware"]
+        out["no_host_cache"] = {
+            "least-loaded": bare,
+            "p50_ttft_lower_x": _ratio(bare["p50_ttft_ms"], aware["p50_ttft_ms"]),
+            "p99_ttft_lower_x": _ratio(bare["p99_ttft_ms"], aware["p99_ttft_ms"]),
+            "throughput_x": _ratio(aware["output_tokens_per_s"], bare["output_tokens_per_s"]),
+        }
     two = medians(runs, "shared", "cache-aware", 2)
     if two["runs"]:
         out["replicas"] = {
@@ -165,18 +179,17 @@ def render_markdown(data: dict[str, Any]) -> str:
         "| Workload | Policy | p50 TTFT | p99 TTFT | Output tok/s | Hit rate | Errors |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for workload in ("shared", "control"):
-        for policy in POLICIES:
-            m = c[workload][policy]
-            lines.append(
-                f"| {workload} | {policy} | {_cell(m, 'p50_ttft_ms', ' ms')} "
-                f"| {_cell(m, 'p99_ttft_ms', ' ms')} | {_cell(m, 'output_tokens_per_s', '')} "
-                f"| {_cell(m, 'hit_rate', '', 2)} | {m['errors']} |"
-            )
+    rows = (
+        [("shared", NO_HOST_CACHE, c["no_host_cache"]["least-loaded"])]
+        if "no_host_cache" in c
+        else []
+    )
+    rows += [(w, policy, c[w][policy]) for w in ("shared", "control") for policy in POLICIES]
     if "replicas" in c:
-        m = c["replicas"]["two"]
+        rows.append(("shared", "cache-aware, 2 replicas (nginx)", c["replicas"]["two"]))
+    for workload, label, m in rows:
         lines.append(
-            f"| shared | cache-aware, 2 replicas (nginx) | {_cell(m, 'p50_ttft_ms', ' ms')} "
+            f"| {workload} | {label} | {_cell(m, 'p50_ttft_ms', ' ms')} "
             f"| {_cell(m, 'p99_ttft_ms', ' ms')} | {_cell(m, 'output_tokens_per_s', '')} "
             f"| {_cell(m, 'hit_rate', '', 2)} | {m['errors']} |"
         )
@@ -185,6 +198,14 @@ def render_markdown(data: dict[str, Any]) -> str:
         w = c[workload]
         lines.append(
             f"- {workload}: p50 TTFT {report.fmt_num(w['p50_ttft_lower_x'], 2)}x lower, p99 TTFT "
+            f"{report.fmt_num(w['p99_ttft_lower_x'], 2)}x lower, output throughput "
+            f"{report.fmt_num(w['throughput_x'], 2)}x"
+        )
+    if "no_host_cache" in c:
+        w = c["no_host_cache"]
+        lines.append(
+            f"- shared, against least-loaded on workers without the host cache: p50 TTFT "
+            f"{report.fmt_num(w['p50_ttft_lower_x'], 2)}x lower, p99 TTFT "
             f"{report.fmt_num(w['p99_ttft_lower_x'], 2)}x lower, output throughput "
             f"{report.fmt_num(w['throughput_x'], 2)}x"
         )
