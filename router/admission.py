@@ -40,11 +40,13 @@ tenant:
 Under the cache-aware policy (router.balancer.CacheAware) a chat request has a home, the worker
 likely to hold its prompt's prefix, and capacity goes where it keeps caches warm:
 
-- a request whose home is full but within the policy's load imbalance waits for it rather than
-  take another worker; a place that frees on a worker goes to the first waiter, in the tenant
-  order above, that can use it, which passes over waiters whose home is elsewhere;
-- patience is bounded: after `cache_wait_s` a waiter takes any worker (a timer wakes the queue
-  then), and a home that leaves or whose breaker is open is no home (the next by hashing is).
+- a request goes to its home if that has room; else to the least-loaded worker with room (no
+  capacity idles while a request waits), else it waits;
+- a place that frees on a worker goes first to the first waiter, in the tenant order above,
+  whose home it is; only if nobody's is does it go to the first waiter that can use it. So
+  under saturation each worker serves its own conversations, and capacity is never left idle;
+- patience is bounded: after `cache_wait_s` a waiter counts as at home anywhere, and a home
+  that leaves or whose breaker is open is no home (the next by hashing is).
 
 A request retried after a failure before its first byte (router.proxy) comes back with the
 workers it tried, which it will not get again; it goes to the front of its tenant's sub-queue
@@ -153,8 +155,7 @@ class Admission:
             queue = self._queues[model] = self._new_queue(model)
         if self._affine is None:
             affinity = None  # only the cache-aware policy reads it
-        patient = affinity is not None and self._home_wait_s > 0
-        grant = self._try(queue, model, tenant, tried, affinity, patient)
+        grant = self._try(queue, model, tenant, tried, affinity)
         if grant is not None:
             return grant
         if all(u.worker_id in tried for u in self._view.candidates(model)):
@@ -194,11 +195,9 @@ class Admission:
                     queue.remove(waiter)
 
     def _wait_for_home(self, waiter: Waiter, model: str, affinity: Affinity) -> None:
-        """Cache-aware: `waiter` takes only its home until `cache_wait_s` from now."""
+        """Cache-aware: `waiter` is preferred by its home only until `cache_wait_s` from now."""
         waiter.affinity = affinity
         waiter.patient_until = self._clock() + self._home_wait_s
-        if self._home_wait_s > 0:
-            self._wake_later(model, self._home_wait_s)  # then it takes any worker
 
     def _make_room(self, queue: WaitQueue, tenant: str) -> None:
         """The queue is full: displace another tenant's newest waiter for `tenant`'s newcomer
@@ -358,13 +357,20 @@ class Admission:
 
     def _hand_over(self, queue: WaitQueue, model: str) -> bool:
         """Give one free place to the first waiter, in tenant need then queue order, that can
-        use it; False when none can."""
+        use it; False when none can. Cache-aware: a first pass only gives a place to a waiter
+        whose home it is (see above)."""
+        if self._affine is not None and self._hand_over_pass(queue, model, at_home=True):
+            return True
+        return self._hand_over_pass(queue, model, at_home=False)
+
+    def _hand_over_pass(self, queue: WaitQueue, model: str, *, at_home: bool) -> bool:
+        now = self._clock()
         for tenant, waiters in queue.by_need():
             for waiter in waiters:
                 if waiter.future.done():
                     continue  # cancelled; its own task removes it
                 affinity = waiter.affinity
-                patient = affinity is not None and self._clock() < waiter.patient_until
+                patient = at_home and affinity is not None and now < waiter.patient_until
                 grant = self._try(queue, model, tenant, waiter.tried, affinity, patient)
                 if grant is not None:
                     queue.remove(waiter)

@@ -147,7 +147,7 @@ class CacheOutcome(enum.StrEnum):
     HIT = "hit"  # the worker advertising the request's deepest prefix
     HASH = "hash"  # none advertises any: the conversation's worker by rendezvous hashing
     DIVERTED = "diverted"  # that worker was too loaded: the least-loaded instead
-    RELEASED = "released"  # it waited its bound for that worker: the least-loaded instead
+    RELEASED = "released"  # that worker was full: the least-loaded with room instead
     NONE = "none"  # a request without affinity (not a chat completion): the least-loaded
 
 

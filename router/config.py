@@ -137,8 +137,8 @@ class RouterConfig:
     cache_wait_s: float = field(
         default=1.0,
         metadata=meta(
-            "cache-aware: longest a request waits for its cached worker to have room (0: never), "
-            "then any worker; about a cold prompt's evaluation time"
+            "cache-aware: how long a queued request is served before others only by its cached "
+            "worker; after that, by the first worker that frees (0: never preferred)"
         ),
     )
     first_token_timeout_s: float = field(

@@ -1,5 +1,6 @@
 """Admission under the cache-aware policy: a freed place goes to the waiter whose home it is,
-patience is bounded, and other policies ignore affinity. Admission driven by hand, no HTTP."""
+no place idles while someone waits, patience is bounded, and other policies ignore affinity.
+Admission driven by hand, no HTTP."""
 
 from __future__ import annotations
 
@@ -96,17 +97,13 @@ async def test_a_freed_place_goes_to_the_waiter_whose_home_it_is() -> None:
     assert cluster.decisions("hit") == 4
 
 
-async def test_an_arrival_waits_for_its_full_home_rather_than_take_another_worker() -> None:
+async def test_an_arrival_whose_home_is_full_takes_a_worker_with_room() -> None:
     cluster = Cluster({"a": "w0", "x": "w0"}, slots=2)
     assert await cluster.take("a") == "w0"
     assert await cluster.take("a") == "w0"
-    x = cluster.request("x")  # w1 is idle, but within the imbalance (2 - 0 <= 2)
-    await cluster.queued(1)
-    await asyncio.sleep(0.05)
-    assert not x.done()
-    cluster.admission.release(cluster.grants.pop("a"))
-    grant = await asyncio.wait_for(x, 1)
-    assert grant is not None and grant.upstream.worker_id == "w0"
+    assert await cluster.take("x") == "w1"  # w1 would idle while x waited for w0
+    assert cluster.decisions("released") == 1
+    assert cluster.admission.waiting(MODEL) == 0
 
 
 async def test_past_the_imbalance_a_hot_home_is_passed_over() -> None:
@@ -117,25 +114,41 @@ async def test_past_the_imbalance_a_hot_home_is_passed_over() -> None:
     assert cluster.decisions("diverted") == 1
 
 
-async def test_the_bound_releases_a_waiter_to_any_worker() -> None:
-    cluster = Cluster({"a": "w0", "b": "w1", "x": "w0"}, slots=2, wait_s=0.2)
+async def test_a_place_that_is_nobodys_home_goes_to_the_first_waiter() -> None:
+    cluster = Cluster({"a": "w0", "b": "w1", "x": "w0"})
     assert await cluster.take("a") == "w0"
-    assert await cluster.take("a") == "w0"
-    assert await cluster.take("b") == "w1"  # w1 has room, but x waits for w0
+    assert await cluster.take("b") == "w1"
     x = cluster.request("x")
     await cluster.queued(1)
-    grant = await asyncio.wait_for(x, 2)  # the timer wakes the queue after wait_s
-    assert grant is not None and grant.upstream.worker_id == "w1"
+    cluster.admission.release(cluster.grants.pop("b"))  # w1 frees; no waiter calls it home
+    grant = await asyncio.wait_for(x, 1)
+    assert grant is not None and grant.upstream.worker_id == "w1"  # no place left idle
     assert cluster.decisions("released") == 1
+
+
+async def test_past_its_patience_a_waiter_takes_the_first_place() -> None:
+    cluster = Cluster({"a": "w0", "b": "w1", "x": "w0", "y": "w1"}, wait_s=0.0)
+    assert await cluster.take("a") == "w0"
+    assert await cluster.take("b") == "w1"
+    x = cluster.request("x")  # first in line, home w0, but preferred there for 0 s
+    await cluster.queued(1)
+    y = cluster.request("y")
+    await cluster.queued(2)
+    cluster.admission.release(cluster.grants.pop("b"))  # w1 frees: y's home, but x is first
+    grant = await asyncio.wait_for(x, 1)
+    assert grant is not None and grant.upstream.worker_id == "w1"
+    assert not y.done()
+    y.cancel()
 
 
 async def test_a_waiter_whose_home_leaves_goes_to_its_next_home() -> None:
     cluster = Cluster({"a": "w0", "b": "w1", "x": "w0"}, slots=2)
-    for name in ("a", "a", "b"):
+    for name in ("a", "a", "b", "b"):
         await cluster.take(name)
     x = cluster.request("x")
     await cluster.queued(1)
     cluster.view.apply_event(Event(EventType.LEAVE, "w0", None))
+    cluster.admission.release(cluster.grants.pop("b"))
     grant = await asyncio.wait_for(x, 1)
     assert grant is not None and grant.upstream.worker_id == "w1"
     assert cluster.decisions("hash") == 1

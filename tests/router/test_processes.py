@@ -3,17 +3,20 @@ metrics port; SIGTERM stops them all; a child that dies takes the router down, n
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import random
 import signal
+import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from benchmarks.processes import free_port, http_status, router_sees
+from benchmarks.processes import http_status, router_sees
 from benchmarks.scenario import prometheus_total
 from benchmarks.streams import children_of
 from router.config import RouterConfig
@@ -54,6 +57,23 @@ def worker(tmp_path: Path, redis_server: RedisServer) -> Iterator[HttpService]:
         proc.stop()
 
 
+def free_port_pair() -> int:
+    """A port P with P and P + 1 free, below the kernel's ephemeral range (32768 and up) so that
+    neither another free_port() nor a client's connection takes P + 1 in the meantime."""
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20000, 32000)
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in (base, base + 1):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError("no two free ports in a row")
+
+
 def start_router(tmp_path: Path, redis_url: str, metrics_port: int) -> HttpService:
     extra = ("--processes", "2", "--metrics-port", str(metrics_port))
     router = router_process(tmp_path, redis_url, extra=extra)
@@ -67,7 +87,7 @@ def start_router(tmp_path: Path, redis_url: str, metrics_port: int) -> HttpServi
 def test_two_processes_share_the_port_and_each_serves_requests(
     tmp_path: Path, redis_server: RedisServer, worker: HttpService
 ) -> None:
-    metrics_port = free_port()
+    metrics_port = free_port_pair()
     router = start_router(tmp_path, redis_server.url, metrics_port)
     try:
         assert len(children_of(router.pid)) == 2
@@ -85,7 +105,7 @@ def test_two_processes_share_the_port_and_each_serves_requests(
 def test_sigterm_stops_every_process(
     tmp_path: Path, redis_server: RedisServer, worker: HttpService
 ) -> None:
-    router = start_router(tmp_path, redis_server.url, free_port())
+    router = start_router(tmp_path, redis_server.url, free_port_pair())
     children = children_of(router.pid)
     assert len(children) == 2
     router.signal(signal.SIGTERM)
@@ -100,7 +120,7 @@ def test_sigterm_stops_every_process(
 def test_a_child_that_dies_stops_the_router_non_zero(
     tmp_path: Path, redis_server: RedisServer, worker: HttpService
 ) -> None:
-    router = start_router(tmp_path, redis_server.url, free_port())
+    router = start_router(tmp_path, redis_server.url, free_port_pair())
     first, second = sorted(children_of(router.pid))
     os.kill(first, signal.SIGKILL)
     assert router.proc is not None

@@ -1,35 +1,120 @@
-"""The step loop's pure scheduling: how prompt chunks are planned (llama_cpp imported)."""
+"""The step loop's share of steps between prompts and decodes, on the real model: its loop
+driven turn by turn here (not on its thread), its DecodeGate on a clock the test sets."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+
+from contract.wire import Message, SamplingParams
+from worker.engine import Item
+
+from .real_model import real_model_path
 
 pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
 pytestmark = pytest.mark.llama
 
-from worker.step_loop import plan_chunks  # noqa: E402 (llama_cpp)
+from worker.batched_engine import BatchedLlamaEngine  # noqa: E402 (llama_cpp)
+from worker.step_loop import Request, StepLoop  # noqa: E402
 
-
-def test_the_best_size_reads_the_most_tokens_within_the_budget() -> None:
-    assert plan_chunks([], 16)[1] == []  # nothing to read
-    assert plan_chunks([40], 16) == (16, [0])
-    assert plan_chunks([5, 5, 5], 16) == (5, [0, 1, 2])
-    # 17 tokens left: 16 would leave a lone token, so 15 (leaving 2).
-    assert plan_chunks([17], 16) == (15, [0])
-    assert plan_chunks([2, 40], 16) == (16, [1])
-
-
-@given(
-    left=st.lists(st.integers(min_value=2, max_value=600), max_size=16),
-    budget=st.integers(min_value=8, max_value=512),
+MODEL_PATH = real_model_path()
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
+QUESTIONS = (
+    "Write a haiku about the sea.",
+    "List three prime numbers.",
+    "Name a painter.",
+    "What is the capital of France?",
+    "Explain gravity in one sentence.",
 )
-def test_prompt_chunks_keep_two_or_more_tokens_per_stream(left: list[int], budget: int) -> None:
-    size, joining = plan_chunks(left, budget)
-    assert bool(joining) == bool(left)  # some prompt always moves on
-    assert len(set(joining)) == len(joining)
-    assert size * len(joining) <= budget
-    for i in joining:
-        assert size >= 2
-        assert left[i] == size or left[i] - size >= 2  # never one lone token left to read
+
+
+class Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def steps() -> AsyncIterator[StepLoop]:
+    """A batched engine's step loop, loaded but not started: the test turns it."""
+    engine = BatchedLlamaEngine(MODEL_PATH, n_ctx=256, n_threads=2, slots=4, prefill_chunk=16)
+    loop = await asyncio.to_thread(engine._load)
+    try:
+        yield loop
+    finally:
+        await asyncio.to_thread(engine._free)
+
+
+def request(steps: StepLoop, question: str) -> Request:
+    chat = steps._chat
+    messages = [Message("system", "You are a helpful assistant."), Message("user", question)]
+    out: asyncio.Queue[Item] = asyncio.Queue()
+    return Request(chat.prompt_tokens(messages), GREEDY, asyncio.get_running_loop(), out)
+
+
+def turn(steps: StepLoop, arriving: Request | None = None) -> None:
+    """One turn of StepLoop.run's loop; `arriving` comes in while the step runs."""
+    assert steps._collect()
+    steps._schedule()
+    if arriving is not None:
+        steps.submit(arriving)
+    if any(steps._by_id):
+        steps._step()
+    steps._post()
+
+
+def tokens(steps: StepLoop, req: Request) -> int:
+    return next(s.completion_tokens for s in steps._by_id if s is not None and s.request is req)
+
+
+async def text(req: Request) -> str:
+    await asyncio.sleep(0)  # deliveries are call_soon_threadsafe callbacks
+    parts: list[str] = []
+    while not req.out.empty():
+        item = req.out.get_nowait()
+        if isinstance(item, str):
+            parts.append(item)
+        assert not isinstance(item, BaseException)
+    return "".join(parts)
+
+
+async def alone(steps: StepLoop, question: str) -> str:
+    req = request(steps, question)
+    steps.submit(req)
+    while True:
+        turn(steps)
+        if not any(steps._by_id):
+            return await text(req)
+
+
+async def test_prompts_arriving_put_the_decode_off_until_it_is_due(steps: StepLoop) -> None:
+    clock = Clock()
+    steps._gate.clock = clock
+    a, b, c, d, e = reqs = [request(steps, q) for q in QUESTIONS]
+    steps.submit(a)
+    for _ in range(3):
+        turn(steps)
+    assert tokens(steps, a) == 3
+    # The last decode took 50 ms and ended just now; b is read, and c arrives meanwhile.
+    steps._gate.ended_s, steps._gate.took_s = clock.now, 0.050
+    steps.submit(b)
+    turn(steps, arriving=c)
+    assert (tokens(steps, a), tokens(steps, b)) == (3, 1)  # a's decode waits for c
+    first = await text(b)
+    assert first  # b's first token went out at once
+    turn(steps)  # c is read; no prompt is left, so the decode is due: c's first token too
+    assert (tokens(steps, a), tokens(steps, b), tokens(steps, c)) == (4, 2, 2)
+    # Once the streams have waited as long as a decode takes, they decode whatever arrives.
+    steps._gate.ended_s, steps._gate.took_s = clock.now - 0.060, 0.050
+    steps.submit(d)
+    turn(steps, arriving=e)  # all four slots busy: e waits for one
+    assert (tokens(steps, a), tokens(steps, d)) == (5, 2)
+    while any(steps._by_id) or not steps._incoming.empty() or steps._waiting:
+        turn(steps)
+    together = [await text(r) for r in reqs]
+    together[1] = first + together[1]
+    # Put off or not, each stream's output is what it gives alone.
+    assert together == [await alone(steps, q) for q in QUESTIONS]
