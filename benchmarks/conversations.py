@@ -17,6 +17,7 @@ TTFT, the reply's tokens and the usage the worker reported (prompt, completion a
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections import Counter
@@ -29,6 +30,8 @@ import orjson
 
 from benchmarks.client import chat_url
 from benchmarks.metrics import percentile
+
+logger = logging.getLogger(__name__)
 
 # Words the texts are drawn from: common, and each a single SmolLM2 token or two.
 _VOCABULARY = """
@@ -120,6 +123,10 @@ async def _turn(
                     if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                         continue
                     event = orjson.loads(line[6:])
+                    if "error" in event:  # an error event ends a 200 stream early
+                        failure = event["error"] or {}
+                        error = f"sse_error:{failure.get('code') or failure.get('type')}"
+                        logger.warning("turn failed mid-stream: %s", failure.get("message"))
                     if event.get("usage"):
                         usage = event["usage"]
                     for choice in event.get("choices") or ():

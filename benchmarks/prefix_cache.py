@@ -11,7 +11,9 @@ a system prompt of its own per conversation, so only a conversation's own histor
 Policies run interleaved within each round (the order alternates between rounds), same seed.
 Then the replica check: cache-aware with two router replicas behind nginx (round robin) against
 one replica, on the shared workload; the hit rate (cached / prompt tokens, from the usage the
-workers report) with two must be >= 0.9x that with one.
+workers report) with two must be >= 0.9x that with one. Last, routing alone at a scale this
+machine cannot run for real: `--fake-workers` fake-engine workers (slot caches only, time to
+first token from the uncached prompt) with as many conversations as slots.
 
 Writes prefix_cache.json and prefix_cache.md to --out (default benchmarks/results).
 """
@@ -53,6 +55,9 @@ class Params:
     question_words: int = field(default=16, metadata=option())
     max_tokens: int = field(default=32, metadata=option("per reply, exact (--ignore-eos)"))
     replicas: bool = field(default=True, metadata=option("also run the two-replica check"))
+    fake_workers: int = field(
+        default=8, metadata=option("the routing-only run: fake-engine workers (0: skip it)")
+    )
     model_path: str = field(default=MODEL_PATH, metadata=option())
     seed: int = field(default=0, metadata=option())
 
@@ -106,6 +111,28 @@ async def one_run(params: Params, arm: str, shared: bool, routers: int) -> dict[
     return {"workload": workload, "policy": arm, "routers": routers, **figures}
 
 
+async def fake_run(params: Params, policy: str) -> dict[str, Any]:
+    """Routing alone, at a scale the CPU could not run for real: `fake_workers` fake-engine
+    workers whose time to first token is their uncached prompt at 2,000 tokens/s (slot caches
+    only, no host cache), as many conversations as slots, so nothing queues."""
+    slots = params.slots
+    config = StackConfig(
+        workers=params.fake_workers,
+        slots=slots,
+        max_queue=params.conversations,
+        fake_tokens_per_s=100.0,
+        worker_args=("--ignore-eos", "on", "--fake-prefill-tokens-per-s", "2000"),
+        router_args=("--policy", policy),
+    )
+    shape = replace(params.shape(True), conversations=params.fake_workers * slots)
+    async with Stack(config) as stack:
+        turns, wall_s = await drive([stack.router_url], config.model_id, shape)
+    figures = summary(turns, wall_s)
+    logger.info("fake workers, %s: p50 TTFT %.0f ms, hit rate %.2f", policy,
+                figures["p50_ttft_ms"] or 0, figures["hit_rate"] or 0)  # fmt: skip
+    return {"workload": "fake", "policy": policy, "routers": 1, **figures}
+
+
 async def run(params: Params) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     for r in range(params.rounds):
@@ -115,6 +142,8 @@ async def run(params: Params) -> list[dict[str, Any]]:
                 runs.append({"round": r, **await one_run(params, arm, shared, 1)})
         if params.replicas and nginx.available():  # one replica's run is above
             runs.append({"round": r, **await one_run(params, "cache-aware", True, 2)})
+        for policy in order if params.fake_workers else ():
+            runs.append({"round": r, **await fake_run(params, policy)})
     return runs
 
 
@@ -156,6 +185,15 @@ def comparisons(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "p99_ttft_lower_x": _ratio(bare["p99_ttft_ms"], aware["p99_ttft_ms"]),
             "throughput_x": _ratio(aware["output_tokens_per_s"], bare["output_tokens_per_s"]),
         }
+    fake = {policy: medians(runs, "fake", policy, 1) for policy in POLICIES}
+    if fake["least-loaded"]["runs"]:
+        base, aware = fake["least-loaded"], fake["cache-aware"]
+        out["fake"] = {
+            **fake,
+            "p50_ttft_lower_x": _ratio(base["p50_ttft_ms"], aware["p50_ttft_ms"]),
+            "p99_ttft_lower_x": _ratio(base["p99_ttft_ms"], aware["p99_ttft_ms"]),
+            "throughput_x": _ratio(aware["output_tokens_per_s"], base["output_tokens_per_s"]),
+        }
     two = medians(runs, "shared", "cache-aware", 2)
     if two["runs"]:
         out["replicas"] = {
@@ -187,6 +225,9 @@ def render_markdown(data: dict[str, Any]) -> str:
     rows += [(w, policy, c[w][policy]) for w in ("shared", "control") for policy in POLICIES]
     if "replicas" in c:
         rows.append(("shared", "cache-aware, 2 replicas (nginx)", c["replicas"]["two"]))
+    if "fake" in c:
+        fake_label = f"{p['fake_workers']} fake workers x {p['slots']} slots"
+        rows += [(fake_label, policy, c["fake"][policy]) for policy in POLICIES]
     for workload, label, m in rows:
         lines.append(
             f"| {workload} | {label} | {_cell(m, 'p50_ttft_ms', ' ms')} "
@@ -206,6 +247,14 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines.append(
             f"- shared, against least-loaded on workers without the host cache: p50 TTFT "
             f"{report.fmt_num(w['p50_ttft_lower_x'], 2)}x lower, p99 TTFT "
+            f"{report.fmt_num(w['p99_ttft_lower_x'], 2)}x lower, output throughput "
+            f"{report.fmt_num(w['throughput_x'], 2)}x"
+        )
+    if "fake" in c:
+        w = c["fake"]
+        lines.append(
+            f"- routing alone ({p['fake_workers']} fake workers, as many conversations as slots): "
+            f"p50 TTFT {report.fmt_num(w['p50_ttft_lower_x'], 2)}x lower, p99 TTFT "
             f"{report.fmt_num(w['p99_ttft_lower_x'], 2)}x lower, output throughput "
             f"{report.fmt_num(w['throughput_x'], 2)}x"
         )
