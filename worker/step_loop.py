@@ -1,7 +1,8 @@
 """The batched engine's inference thread: one step loop over every slot of one context.
 
 See worker.batched_engine for the design (KV layout, two decodes a step, prompt chunks, slot
-compaction, prompt caches). Everything here runs on that one thread, except `submit` and `stop`.
+compaction, prompt caches) and worker.prefill for how steps are shared between prompts and
+decodes. Everything here runs on that one thread, except `submit` and `stop`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from worker.kv_caches import KvCaches
 from worker.llama_engine import ChatPrompt
 from worker.llama_native import LoadedModel, new_sampler, put_token
 from worker.logprobs import Logprobs, token_logprob
+from worker.prefill import PromptsFirst
 from worker.stops import StopMatcher
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class Generation:
     cached: int = 0  # of them, reused from a prompt cache
     generated: list[int] = field(default_factory=list)  # sampled; all but the last decoded
     next_token: int | None = None  # sampled, to be decoded next step
+    ready_s: float = 0.0  # when next_token was sampled (PromptsFirst's clock)
     completion_tokens: int = 0
 
 
@@ -102,7 +105,6 @@ class StepLoop:
         self._ctx = ctx
         self._batch = batch
         self._n_ctx = layout.n_ctx
-        self._prefill_chunk = layout.prefill_chunk
         self._kv_unified = layout.kv_unified
         self._ignore_eos = layout.ignore_eos
         self._incoming: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
@@ -119,6 +121,7 @@ class StepLoop:
         self._steps = COMPACT_AFTER_STEPS
         self._outbox: list[tuple[Request, Item]] = []
         self._token_check = TokenCheck()
+        self._policy = PromptsFirst(layout.prefill_chunk)
 
     def submit(self, request: Request) -> None:
         """Queue `request` (any thread); raise EngineStopped once the loop has stopped."""
@@ -238,33 +241,49 @@ class StepLoop:
             logger.debug("moved the stream in slot %s down to slot %s", top, hole)
 
     def _step(self) -> None:
+        """Prompt chunks first, their first tokens handed out at once; then the generating
+        streams' tokens, once no prompt is due, or first if a chunk would make them wait too
+        long (worker.prefill.PromptsFirst)."""
         self._steps += 1
-        generating: list[tuple[Generation, int, int]] = []  # (sequence, token, position)
-        reading: list[Generation] = []
+        chunks = self._plan_chunks()
+        if self._kv_unified:
+            self._decode(self._generating(), chunks)
+            return
+        # Two calls, so that every prompt token is read in a ubatch of >= 2 tokens of its
+        # stream, as in a single-sequence prefill (worker.batched_engine says why).
+        ready = [s.ready_s for s in self._busy() if s.next_token is not None or _left(s) == 1]
+        tokens = sum(size for _, size in chunks)
+        decode_first = bool(ready) and self._policy.starved(min(ready, default=0.0), tokens)
+        if decode_first:
+            self._decode(self._generating(), [])
+        if chunks:
+            self._decode([], chunks)
+            self._post()
+        if not decode_first and not self._prompts_due() and (generating := self._generating()):
+            self._decode(generating, [])
+
+    def _generating(self) -> list[tuple[Generation, int, int]]:
+        """(sequence, token, position) of each stream with a token to decode now."""
+        generating: list[tuple[Generation, int, int]] = []
         for seq in self._busy():
             if seq.next_token is not None:
                 generating.append((seq, seq.next_token, seq.fed + seq.completion_tokens - 1))
-            elif len(seq.request.prompt) - seq.fed == 1:  # a one-token prompt reads like a step
+            elif _left(seq) == 1:  # a one-token prompt reads like a step
                 generating.append((seq, seq.request.prompt[-1], seq.fed))
                 seq.fed += 1
-            else:
-                reading.append(seq)
-        chunks = self._plan_chunks(reading)
-        if self._kv_unified:
-            self._decode(generating, chunks)
-        else:
-            # Two calls: llama.cpp splits a batch over split streams into ubatches anyway, and
-            # this keeps every prompt token in a ubatch of >= 2 tokens of its stream, as in a
-            # single-sequence prefill (a 1-token ubatch takes another attention kernel on the
-            # CPU, whose rounding differs).
-            if generating:
-                self._decode(generating, [])
-            if chunks:
-                self._decode([], chunks)
+        return generating
 
-    def _plan_chunks(self, reading: list[Generation]) -> list[tuple[Generation, int]]:
-        left = [len(s.request.prompt) - s.fed for s in reading]
-        size, joining = plan_chunks(left, self._prefill_chunk)
+    def _prompts_due(self) -> bool:
+        """Whether the next step has prompt work: arrivals for a free slot, or prompts read
+        only in part."""
+        arrived = bool(self._waiting) or not self._incoming.empty()
+        return (arrived and None in self._by_id) or any(
+            seq.next_token is None and _left(seq) >= 2 for seq in self._busy()
+        )
+
+    def _plan_chunks(self) -> list[tuple[Generation, int]]:
+        reading = [s for s in self._busy() if s.next_token is None and _left(s) >= 2]
+        size, joining = self._policy.plan([_left(s) for s in reading])
         return [(reading[i], size) for i in joining]
 
     def _decode(
@@ -287,7 +306,10 @@ class StepLoop:
             if seq.fed == len(prompt):
                 outputs.append((seq, n - 1))
         batch.n_tokens = n
+        clock = self._policy.clock
+        started_s = clock()
         status = llama_cpp.llama_decode(self._ctx, batch)
+        ready_s = clock()
         if status != 0:
             # Cannot happen while every stream keeps to its own n_ctx cells: fail the streams
             # in this batch rather than the engine (their cells may hold a partial write).
@@ -296,7 +318,10 @@ class StepLoop:
                 self._send(seq.request, RuntimeError(f"llama_decode failed ({status})"))
                 self._release(seq, keep_cache=False)
             return
+        if chunks:  # what prompt reads cost, for PromptsFirst
+            self._policy.cost.observe(n, ready_s - started_s)
         for seq, index in outputs:
+            seq.ready_s = ready_s
             token = self._sample(seq, index)
             top = seq.request.params.top_logprobs
             if top is not None and not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
@@ -398,23 +423,9 @@ class StepLoop:
         self._post()
 
 
-def plan_chunks(left: Sequence[int], budget: int) -> tuple[int, list[int]]:
-    """One chunk size for this step's prompt reads, and which prompts (indices into `left`,
-    their tokens still to read, each >= 2) read that many.
-
-    One size, so that llama.cpp reads them in one ubatch (per run of consecutive ids) holding
-    that many tokens of each stream, >= 2. A prompt joins when it has exactly `size` tokens left
-    or `size` + 2 or more, never leaving a lone token for later; the others wait a step. The
-    size is the one that reads the most tokens within the budget (>= 3)."""
-    best = (0, 0, 0)  # (tokens, prompts, size)
-    for size in set(left) | {n - 2 for n in left} | {budget // k for k in range(1, 17)}:
-        if 2 <= size <= budget:
-            joins = sum(1 for n in left if n == size or n >= size + 2)
-            count = min(joins, budget // size)
-            best = max(best, (size * count, count, size))
-    _, count, size = best
-    joining = [i for i, n in enumerate(left) if n == size or n >= size + 2]
-    return size, joining[:count]
+def _left(seq: Generation) -> int:
+    """Prompt tokens still to read."""
+    return len(seq.request.prompt) - seq.fed
 
 
 def _deliver(items: list[tuple[Request, Item]]) -> None:

@@ -3,10 +3,11 @@ streams' decode may wait for prompts."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.prefill import DecodeGate, plan_chunks
+from worker.prefill import CallCost, PromptsFirst, plan_chunks
 
 
 def test_the_best_size_reads_the_most_tokens_within_the_budget() -> None:
@@ -40,27 +41,53 @@ class Clock:
         return self.now
 
 
-def test_the_decode_waits_for_prompts_only_as_long_as_a_decode_takes() -> None:
-    clock = Clock()
-    gate = DecodeGate(clock)
-    assert gate.due(prompts_due=True)  # no decode yet: nothing to measure a wait by
-    started = gate.start()
-    clock.now += 0.080  # a decode of 80 ms
-    gate.done(started)
-    assert gate.due(prompts_due=False)  # nothing to wait for
-    clock.now += 0.030
-    assert not gate.due(prompts_due=True)  # 30 ms since the last decode: prompts first
-    clock.now += 0.049
-    assert not gate.due(prompts_due=True)
-    clock.now += 0.001
-    assert gate.due(prompts_due=True)  # waited as long as the decode took: decode now
+def test_call_costs_are_fitted_as_overhead_plus_tokens() -> None:
+    cost = CallCost()
+    assert cost.fit() is None  # nothing seen yet
+    for _ in range(5):
+        cost.observe(8, 0.004 + 8 * 0.0045)
+    assert cost.fit() is None  # one size only: overhead and per-token cost are not apart yet
+    for n in (1, 16, 2, 32):
+        cost.observe(n, 0.004 + n * 0.0045)
+    fitted = cost.fit()
+    assert fitted is not None
+    assert fitted == pytest.approx((0.004, 0.0045))
 
 
-def test_a_cheap_decode_barely_waits() -> None:
-    clock = Clock()
-    gate = DecodeGate(clock)
-    started = gate.start()
-    clock.now += 0.010
-    gate.done(started)
-    clock.now += 0.012  # one 12 ms prompt chunk later, a 10 ms decode is due
-    assert gate.due(prompts_due=True)
+def policy(overhead_s: float, token_s: float, budget: int = 256) -> PromptsFirst:
+    cost = CallCost()
+    for n in (1, 4, 16):
+        cost.observe(n, overhead_s + n * token_s)
+    return PromptsFirst(budget, Clock(), cost)
+
+
+def test_prompts_are_read_in_groups_that_wait_least_on_average() -> None:
+    cpu = policy(0.004, 0.0045)  # every token costs: a few at a time
+    assert cpu.group(16, 2) == 3
+    assert cpu.group(8, 2) == 2
+    assert cpu.group(4, 300) == 1  # long prompts: the shortest alone first
+    gpu = policy(0.010, 0.00001)  # a call's overhead dominates: all at once
+    assert gpu.group(16, 2) == 16
+    assert PromptsFirst(256, Clock()).group(16, 2) == 16  # costs unknown: all at once
+
+
+def test_decodes_wait_for_prompts_no_longer_than_a_full_chunk_takes() -> None:
+    rules = policy(0.004, 0.004, budget=256)
+    clock = rules.clock
+    assert isinstance(clock, Clock)
+    ready = clock.now
+    assert not rules.starved(ready, tokens=6)
+    clock.now += 0.9  # waited 0.9 s: a 6-token chunk more stays within 256 tokens' 1.024 s
+    assert not rules.starved(ready, tokens=6)
+    assert rules.starved(ready, tokens=60)
+    clock.now += 0.2
+    assert rules.starved(ready, tokens=2)
+    assert PromptsFirst(256, Clock()).starved(clock.now, 2)  # costs unknown: decode first
+
+
+def test_the_shortest_prompts_are_read_first() -> None:
+    left = [40, 2, 2, 30]
+    assert policy(0.004, 0.0045).plan(left) == (2, [1])  # one of the 2-token prompts first
+    # All four may go, and plan_chunks reads the most tokens: 30 of each of the longest two.
+    assert policy(0.010, 0.00001).plan(left) == (30, [3, 0])
+    assert policy(0.010, 0.00001).plan([])[1] == []

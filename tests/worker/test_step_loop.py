@@ -17,6 +17,7 @@ pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
 pytestmark = pytest.mark.llama
 
 from worker.batched_engine import BatchedLlamaEngine  # noqa: E402 (llama_cpp)
+from worker.prefill import CallCost, PromptsFirst  # noqa: E402
 from worker.step_loop import Request, StepLoop  # noqa: E402
 
 MODEL_PATH = real_model_path()
@@ -40,7 +41,7 @@ class Clock:
 @pytest.fixture
 async def steps() -> AsyncIterator[StepLoop]:
     """A batched engine's step loop, loaded but not started: the test turns it."""
-    engine = BatchedLlamaEngine(MODEL_PATH, n_ctx=256, n_threads=2, slots=4, prefill_chunk=16)
+    engine = BatchedLlamaEngine(MODEL_PATH, n_ctx=256, n_threads=2, slots=4, prefill_chunk=64)
     loop = await asyncio.to_thread(engine._load)
     try:
         yield loop
@@ -90,28 +91,37 @@ async def alone(steps: StepLoop, question: str) -> str:
             return await text(req)
 
 
+class Costs(CallCost):
+    """Every call costs 4 ms plus 4 ms a token, whatever it took."""
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        pass
+
+    def fit(self) -> tuple[float, float]:
+        return 0.004, 0.004
+
+
 async def test_prompts_arriving_put_the_decode_off_until_it_is_due(steps: StepLoop) -> None:
     clock = Clock()
-    steps._gate.clock = clock
+    steps._policy = PromptsFirst(64, clock, Costs())
     a, b, c, d, e = reqs = [request(steps, q) for q in QUESTIONS]
     steps.submit(a)
     for _ in range(3):
-        turn(steps)
-    assert tokens(steps, a) == 3
-    # The last decode took 50 ms and ended just now; b is read, and c arrives meanwhile.
-    steps._gate.ended_s, steps._gate.took_s = clock.now, 0.050
+        turn(steps)  # the first reads a's prompt and decodes the token that gives
+    assert tokens(steps, a) == 4
+    # a's token was sampled just now; b is read, and c arrives meanwhile.
     steps.submit(b)
     turn(steps, arriving=c)
-    assert (tokens(steps, a), tokens(steps, b)) == (3, 1)  # a's decode waits for c
+    assert (tokens(steps, a), tokens(steps, b)) == (4, 1)  # a's decode waits for c
     first = await text(b)
     assert first  # b's first token went out at once
     turn(steps)  # c is read; no prompt is left, so the decode is due: c's first token too
-    assert (tokens(steps, a), tokens(steps, b), tokens(steps, c)) == (4, 2, 2)
-    # Once the streams have waited as long as a decode takes, they decode whatever arrives.
-    steps._gate.ended_s, steps._gate.took_s = clock.now - 0.060, 0.050
+    assert (tokens(steps, a), tokens(steps, b), tokens(steps, c)) == (5, 2, 2)
+    # Streams that waited longer than a full 64-token chunk takes less d's chunk decode first.
+    clock.now += 0.2
     steps.submit(d)
     turn(steps, arriving=e)  # all four slots busy: e waits for one
-    assert (tokens(steps, a), tokens(steps, d)) == (5, 2)
+    assert (tokens(steps, a), tokens(steps, c), tokens(steps, d)) == (6, 3, 1)
     while any(steps._by_id) or not steps._incoming.empty() or steps._waiting:
         turn(steps)
     together = [await text(r) for r in reqs]
