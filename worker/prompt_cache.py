@@ -91,8 +91,11 @@ class HostCache:
         return next((e for e in self._entries.values() if e.tokens[:n] == tuple(tokens)), None)
 
     def touch(self, entry: Entry, tick: int) -> None:
+        """Mark `entry` used. It may be gone since it was found: a slot saved just before the
+        restore can extend it and replace it (`put`), and what replaced it holds more."""
         entry.used = tick
-        self._entries.move_to_end(id(entry))
+        if self._entries.get(id(entry)) is entry:
+            self._entries.move_to_end(id(entry))
 
     def put(self, tokens: Sequence[int], state: bytearray, digest: str | None, tick: int) -> bool:
         """Keep a state (dropping entries it extends, then the least recently used until it

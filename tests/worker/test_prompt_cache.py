@@ -118,3 +118,17 @@ def test_advertised_lists_slots_and_host_most_recent_first_once_each() -> None:
     found = advertised(many, HostCache(0))
     assert len(found) == MAX_ADVERTISED
     assert found[0] == f"{MAX_ADVERTISED + 4:016x}"
+
+
+def test_touching_an_entry_replaced_since_it_was_found_is_harmless() -> None:
+    # The engine's order: find the entry to restore, save the slot first (whose tokens extend
+    # that entry, which `put` then drops), restore, touch. The touch used to raise KeyError,
+    # which killed the step loop ("The engine stopped.").
+    host = HostCache(1000)
+    host.put([1, 2, 3, 4], bytearray(10), "a", 1)
+    (found, _) = host.longest([1, 2, 3, 4, 9], 5)
+    assert found is not None
+    host.put([1, 2, 3, 4, 5, 6], bytearray(10), "b", 2)  # extends it: replaces it
+    host.touch(found, 3)
+    assert [e.tokens for e in host.entries()] == [(1, 2, 3, 4, 5, 6)]
+    assert host.nbytes == 10
