@@ -232,8 +232,8 @@ async def _project_models(redis: Redis[Any], project_id: str, keyspace: Keyspace
 async def _redis_guard(call: Awaitable[T]) -> T:
     try:
         return await call
-    except RedisError:
-        logger.warning("Redis unavailable for authentication or rate limiting")
+    except RedisError as exc:
+        logger.warning("Redis unavailable for authentication or rate limiting: %r", exc)
         raise ServiceUnavailable(
             "The service is temporarily unable to check API keys; retry shortly.",
             retry_after_s=REDIS_RETRY_AFTER_S,

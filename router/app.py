@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import hdrs, web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from router import handlers
 from router.access import Access
@@ -31,6 +32,11 @@ from router.watcher import RegistryWatcher
 logger = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_S = 5.0
+# Connections one router keeps to Redis. Every keyed request makes two script calls (admit, then
+# settle off the answer's path) and leases renew in the background, so a burst needs many at
+# once; past this many a call waits for a free one (up to REDIS_TIMEOUT_S) instead of failing,
+# as redis-py's default pool (100, then MaxConnectionsError) made 64 concurrent clients get 503s.
+REDIS_MAX_CONNECTIONS = 512
 METRICS_SHUTDOWN_S = 2.0  # a scrape is one quick GET; nothing to wait for
 PROJECT = "/{project:proj_[A-Za-z0-9]+}"
 ENDPOINT = "/{endpoint:[a-z0-9][a-z0-9-]{0,62}}"
@@ -96,16 +102,20 @@ async def _metrics_site_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    redis = Redis.from_url(
+    pool: BlockingConnectionPool[Any] = BlockingConnectionPool.from_url(
         config.redis_url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=config.connect_timeout_s,
         socket_timeout=REDIS_TIMEOUT_S,
         socket_keepalive=True,
         health_check_interval=10,
     )
+    redis: Redis[Any] = Redis(connection_pool=pool)
     app[REDIS] = redis
     yield
     await redis.aclose()  # type: ignore[attr-defined]  # types-redis predates it
+    await pool.disconnect()  # a pool given to the client is not the client's to close
 
 
 async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
