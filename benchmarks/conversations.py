@@ -53,6 +53,7 @@ class Shape:
     max_tokens: int = 32
     shared_system: bool = True
     seed: int = 0
+    think_s: float = 0.0  # a user's pause before each later turn: uniform in [0, 2 * think_s]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +155,9 @@ async def _turn(
 
 async def drive(urls: Sequence[str], model: str, shape: Shape) -> tuple[list[Turn], float]:
     """Run every conversation to its last turn (request i of all goes to urls[i % len], OpenAI
-    base URLs, as a round-robin load balancer would send it); (turns, wall seconds)."""
+    base URLs, as a round-robin load balancer would send it); (turns, wall seconds). With
+    `think_s`, other conversations' requests take the freed slots while a user thinks, as in
+    real chat traffic; without it each turn follows its reply at once (a closed loop)."""
     systems, asked = system_prompts(shape), questions(shape)
     urls = [chat_url(u) for u in urls]
     counter = 0
@@ -164,8 +167,11 @@ async def drive(urls: Sequence[str], model: str, shape: Shape) -> tuple[list[Tur
 
     async def conversation(c: int, session: aiohttp.ClientSession) -> None:
         nonlocal counter
+        pauses = random.Random(shape.seed * 1000 + c)
         messages = [{"role": "system", "content": systems[c]}]
         for t in range(shape.turns):
+            if t and shape.think_s > 0:  # the user reads the reply, then types
+                await asyncio.sleep(pauses.uniform(0, 2 * shape.think_s))
             messages.append({"role": "user", "content": asked[c][t]})
             url = urls[counter % len(urls)]
             counter += 1

@@ -55,6 +55,13 @@ class Params:
     question_words: int = field(default=16, metadata=option())
     max_tokens: int = field(default=32, metadata=option("per reply, exact (--ignore-eos)"))
     replicas: bool = field(default=True, metadata=option("also run the two-replica check"))
+    control: bool = field(default=True, metadata=option("also run the control workload"))
+    baseline: bool = field(
+        default=True, metadata=option("also run least-loaded on workers without the host cache")
+    )
+    think_s: float = field(
+        default=0.0, metadata=option("mean pause before each later turn (0: closed loop)")
+    )
     fake_workers: int = field(
         default=8, metadata=option("the routing-only run: fake-engine workers (0: skip it)")
     )
@@ -67,7 +74,7 @@ class Params:
 
     def shape(self, shared: bool) -> Shape:
         return Shape(self.conversations, self.turns, self.system_words, self.question_words,
-                     self.max_tokens, shared, self.seed)  # fmt: skip
+                     self.max_tokens, shared, self.seed, self.think_s)  # fmt: skip
 
 
 async def one_run(params: Params, arm: str, shared: bool, routers: int) -> dict[str, Any]:
@@ -137,8 +144,8 @@ async def run(params: Params) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     for r in range(params.rounds):
         order = POLICIES if r % 2 == 0 else tuple(reversed(POLICIES))
-        for shared in (True, False):
-            for arm in (NO_HOST_CACHE, *order) if shared else order:
+        for shared in (True, False) if params.control else (True,):
+            for arm in (NO_HOST_CACHE, *order) if shared and params.baseline else order:
                 runs.append({"round": r, **await one_run(params, arm, shared, 1)})
         if params.replicas and nginx.available():  # one replica's run is above
             runs.append({"round": r, **await one_run(params, "cache-aware", True, 2)})

@@ -301,3 +301,24 @@ async def test_counters_per_key_and_project_match_what_the_client_saw(
         pid, key_id = key.record.project_id, key.record.key_id
         assert sample(metrics, "router_tokens_total", project=pid, kind=kind) == value
         assert sample(metrics, "router_key_tokens_total", key_id=key_id, kind=kind) == value
+
+
+async def test_a_burst_of_keyed_requests_never_runs_out_of_redis_connections(
+    stack: Stack, session: ClientSession
+) -> None:
+    # 200 requests admitted at once: 200 admission scripts in flight together, then as many
+    # settles. redis-py's default pool (100 connections, then MaxConnectionsError) answered
+    # part of such a burst 503 "unable to check API keys".
+    key = await stack.new_key(rpm=1_000_000, tpm=100_000_000)
+    burst = 200  # within 8 slots + the queue's 256
+
+    async def one() -> int:
+        async with session.post(
+            stack.router.url + CHAT, json=chat(1, stream=False), headers=bearer(key)
+        ) as resp:
+            await resp.read()
+            return resp.status
+
+    statuses = await asyncio.gather(*(one() for _ in range(burst)))
+    assert statuses.count(200) == burst, sorted(set(statuses))
+    assert (await stack.usage(key, requests=burst))["requests"] == burst
