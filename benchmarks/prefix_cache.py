@@ -170,37 +170,29 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
+def _versus(base: dict[str, Any], aware: dict[str, Any]) -> dict[str, float | None]:
+    """How much better `aware` did than `base`: TTFT lower by, throughput times."""
+    return {
+        "p50_ttft_lower_x": _ratio(base["p50_ttft_ms"], aware["p50_ttft_ms"]),
+        "p99_ttft_lower_x": _ratio(base["p99_ttft_ms"], aware["p99_ttft_ms"]),
+        "throughput_x": _ratio(aware["output_tokens_per_s"], base["output_tokens_per_s"]),
+    }
+
+
 def comparisons(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's targets as ratios of medians."""
     out: dict[str, Any] = {}
     for workload in ("shared", "control"):
         base = medians(runs, workload, "least-loaded", 1)
         aware = medians(runs, workload, "cache-aware", 1)
-        out[workload] = {
-            "least-loaded": base,
-            "cache-aware": aware,
-            "p50_ttft_lower_x": _ratio(base["p50_ttft_ms"], aware["p50_ttft_ms"]),
-            "p99_ttft_lower_x": _ratio(base["p99_ttft_ms"], aware["p99_ttft_ms"]),
-            "throughput_x": _ratio(aware["output_tokens_per_s"], base["output_tokens_per_s"]),
-        }
+        out[workload] = {"least-loaded": base, "cache-aware": aware, **_versus(base, aware)}
     bare = medians(runs, "shared", NO_HOST_CACHE, 1)
     if bare["runs"]:
         aware = out["shared"]["cache-aware"]
-        out["no_host_cache"] = {
-            "least-loaded": bare,
-            "p50_ttft_lower_x": _ratio(bare["p50_ttft_ms"], aware["p50_ttft_ms"]),
-            "p99_ttft_lower_x": _ratio(bare["p99_ttft_ms"], aware["p99_ttft_ms"]),
-            "throughput_x": _ratio(aware["output_tokens_per_s"], bare["output_tokens_per_s"]),
-        }
+        out["no_host_cache"] = {"least-loaded": bare, **_versus(bare, aware)}
     fake = {policy: medians(runs, "fake", policy, 1) for policy in POLICIES}
     if fake["least-loaded"]["runs"]:
-        base, aware = fake["least-loaded"], fake["cache-aware"]
-        out["fake"] = {
-            **fake,
-            "p50_ttft_lower_x": _ratio(base["p50_ttft_ms"], aware["p50_ttft_ms"]),
-            "p99_ttft_lower_x": _ratio(base["p99_ttft_ms"], aware["p99_ttft_ms"]),
-            "throughput_x": _ratio(aware["output_tokens_per_s"], base["output_tokens_per_s"]),
-        }
+        out["fake"] = {**fake, **_versus(fake["least-loaded"], fake["cache-aware"])}
     two = medians(runs, "shared", "cache-aware", 2)
     if two["runs"]:
         out["replicas"] = {
@@ -242,26 +234,16 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"| {_cell(m, 'hit_rate', '', 2)} | {m['errors']} |"
         )
     lines += ["", "Ratios (cache-aware over least-loaded, medians):", ""]
-    for workload in ("shared", "control"):
-        w = c[workload]
-        lines.append(
-            f"- {workload}: p50 TTFT {report.fmt_num(w['p50_ttft_lower_x'], 2)}x lower, p99 TTFT "
-            f"{report.fmt_num(w['p99_ttft_lower_x'], 2)}x lower, output throughput "
-            f"{report.fmt_num(w['throughput_x'], 2)}x"
-        )
+    ratio_lines = [(w, c[w]) for w in ("shared", "control")]
     if "no_host_cache" in c:
-        w = c["no_host_cache"]
-        lines.append(
-            f"- shared, against least-loaded on workers without the host cache: p50 TTFT "
-            f"{report.fmt_num(w['p50_ttft_lower_x'], 2)}x lower, p99 TTFT "
-            f"{report.fmt_num(w['p99_ttft_lower_x'], 2)}x lower, output throughput "
-            f"{report.fmt_num(w['throughput_x'], 2)}x"
-        )
+        label = "shared, against least-loaded on workers without the host cache"
+        ratio_lines.append((label, c["no_host_cache"]))
     if "fake" in c:
-        w = c["fake"]
+        label = f"routing alone ({p['fake_workers']} fake workers, as many conversations as slots)"
+        ratio_lines.append((label, c["fake"]))
+    for label, w in ratio_lines:
         lines.append(
-            f"- routing alone ({p['fake_workers']} fake workers, as many conversations as slots): "
-            f"p50 TTFT {report.fmt_num(w['p50_ttft_lower_x'], 2)}x lower, p99 TTFT "
+            f"- {label}: p50 TTFT {report.fmt_num(w['p50_ttft_lower_x'], 2)}x lower, p99 TTFT "
             f"{report.fmt_num(w['p99_ttft_lower_x'], 2)}x lower, output throughput "
             f"{report.fmt_num(w['throughput_x'], 2)}x"
         )
