@@ -45,6 +45,8 @@ class KvCaches:
         from the longest cached prefix in a slot or (restored into one) in host RAM."""
         start = plan(prompt, [(i, self._slots[i]) for i in free], self.host)
         seq_id, keep = start.seq_id, start.keep
+        if start.restore is not None:  # most recent first, so the save below cannot evict it
+            self.host.touch(start.restore, self._tick)
         if start.save:
             self._save(seq_id)
         held = self._slots[seq_id].tokens
@@ -100,7 +102,6 @@ class KvCaches:
 
     def _restore(self, seq_id: int, entry: Entry) -> bool:
         if restore_seq(self._ctx, seq_id, entry.state):
-            self.host.touch(entry, self._tick)
             return True
         logger.warning("llama.cpp refused a saved state of %s tokens", len(entry.tokens))
         llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self._ctx), seq_id, -1, -1)

@@ -91,8 +91,8 @@ class HostCache:
         return next((e for e in self._entries.values() if e.tokens[:n] == tuple(tokens)), None)
 
     def touch(self, entry: Entry, tick: int) -> None:
-        """Mark `entry` used. It may be gone since it was found: a slot saved just before the
-        restore can extend it and replace it (`put`), and what replaced it holds more."""
+        """Mark `entry` used (the engine does so before saving a slot, so that save's eviction
+        spares it). An entry already dropped stays dropped: what replaced it holds more."""
         entry.used = tick
         if self._entries.get(id(entry)) is entry:
             self._entries.move_to_end(id(entry))
